@@ -1,0 +1,166 @@
+#include "cli/cli.hpp"
+
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/reference.hpp"
+#include "config/run_config.hpp"
+#include "failure.hpp"
+#include "log.hpp"
+#include "plugins/components.hpp"
+#include "plugins/registry.hpp"
+#include "run/run_dir.hpp"
+
+namespace cfamc::host {
+namespace {
+
+struct Options {
+  std::string config;
+  std::vector<std::string> overrides;
+  bool validate = false;
+  bool version = false;
+  bool list_plugins = false;
+  bool json = false;
+  bool reference = false;
+  std::string log_level = "info";
+};
+
+std::string version_text() {
+  const Fingerprint& fp = host_fingerprint();
+  std::ostringstream out;
+  out << "cfamc-host " << CFAMC_VERSION << "\n"
+      << "plugin ABI " << CFAMC_ABI_MAJOR << "." << CFAMC_ABI_MINOR << "\n"
+      << "LibTorch " << fp.torch_version << " (CUDA " << fp.cuda_version << " build, C++11 ABI " << fp.cxx11_abi
+      << ")\n"
+      << "CUDA available: " << (at::hasCUDA() ? "yes" : "no") << "\n";
+  return out.str();
+}
+
+// "auto" -> the GPU when there is one; an explicit CUDA device that is not there is the user's error.
+std::string resolve_device(const std::string& requested, const std::string& file) {
+  if (requested == "auto") return at::hasCUDA() ? "cuda:0" : "cpu";
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(requested);
+  } catch (const c10::Error&) {
+    fail(ExitCode::usage, file + ": run.device: '" + requested + "' is not a device (auto, cpu, cuda, cuda:N)");
+  }
+  if (device.is_cuda() && !at::hasCUDA()) {
+    fail(ExitCode::usage, file + ": run.device = \"" + requested + "\" but this machine has no CUDA device");
+  }
+  return device.str();
+}
+
+struct Resolved {
+  RunConfig config;
+  Registry registry;
+};
+
+Resolved resolve(const Options& options) {
+  const RunFile run_file = load_run_file(options.config, options.overrides);
+  RunConfig config = resolve_host_sections(run_file);
+  Registry registry = Registry::discover(plugin_search_path(config.plugin_paths));
+  resolve_components(config, run_file, registry);
+  return Resolved{std::move(config), std::move(registry)};
+}
+
+// Creates every component once, so that a plugin that rejects an option value says so now.
+// The backbone comes first in `config.components`; the others learn its feature dimension.
+void instantiate_all(const RunConfig& config, const Registry& registry, const std::string& device) {
+  int64_t feature_dim = 0;
+  for (const auto& c : config.components) {
+    ComponentSetup setup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim};
+    switch (c.kind) {
+      case CFAMC_KIND_BACKBONE: feature_dim = instantiate<Backbone>(registry, *c.info, setup)->feature_dim(); break;
+      case CFAMC_KIND_OBJECTIVE: instantiate<Objective>(registry, *c.info, setup); break;
+      case CFAMC_KIND_ATTACK: instantiate<Attack>(registry, *c.info, setup); break;
+      case CFAMC_KIND_EVALUATOR: instantiate<Evaluator>(registry, *c.info, setup); break;
+    }
+  }
+}
+
+int validate(const Options& options) {
+  Resolved r = resolve(options);
+  const std::string device = resolve_device(r.config.device, r.config.file);
+  instantiate_all(r.config, r.registry, "cpu");
+  std::cout << r.config.file << ": ok (device " << device << ")\n";
+  for (const auto& c : r.config.components) std::cout << "  " << c.label << " = " << c.plugin << "\n";
+  return 0;
+}
+
+int run(const Options& options) {
+  Resolved r = resolve(options);
+  const std::string device = resolve_device(r.config.device, r.config.file);
+  instantiate_all(r.config, r.registry, device);
+  const auto dir = prepare_run_dir(r.config.dir);
+  std::ostringstream resolved;
+  resolved << r.config.resolved() << "\n";
+  write_file_atomically(dir / "resolved.toml", resolved.str());
+  log(LogLevel::info, "run directory: " + dir.string());
+  fail(ExitCode::other, "the run file is valid and " + (dir / "resolved.toml").string() +
+                            " is written, but this build has no training loop yet; use --validate");
+}
+
+int dispatch(const Options& options) {
+  if (options.version) {
+    std::cout << version_text();
+    return 0;
+  }
+  if (options.list_plugins || options.reference) {
+    std::vector<std::string> paths;
+    if (!options.config.empty()) paths = resolve_host_sections(load_run_file(options.config, options.overrides)).plugin_paths;
+    const Registry registry = Registry::discover(plugin_search_path(paths));
+    if (options.reference) std::cout << config_reference(registry);
+    else if (options.json) std::cout << plugins_json(registry).dump(2) << "\n";
+    else std::cout << plugins_table(registry);
+    return 0;
+  }
+  if (options.config.empty()) fail(ExitCode::usage, "nothing to do: give --config FILE (see --help)");
+  return options.validate ? validate(options) : run(options);
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"cfamc-host: adversarially robust self-supervised learning, assembled from plugins"};
+  Options options;
+  app.add_option("-c,--config", options.config, "the run file (TOML)");
+  app.add_option("--set", options.overrides, "override a run-file key: --set attack.steps=10 (repeatable)");
+  app.add_flag("--validate", options.validate, "resolve the run file and every plugin's options, then stop");
+  app.add_flag("--version", options.version, "print versions and CUDA availability");
+  app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
+  app.add_flag("--json", options.json, "with --list-plugins: JSON output");
+  app.add_flag("--config-reference", options.reference, "print the run-file reference (docs/config.md)");
+  app.add_option("--log-level", options.log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "error: " << e.what() << " (see --help)\n";
+    return static_cast<int>(ExitCode::usage);
+  }
+  configure_logging(options.log_level);
+
+  try {
+    return dispatch(options);
+  } catch (const Failure& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return static_cast<int>(e.code());
+  } catch (const c10::Error& e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return static_cast<int>(ExitCode::other);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return static_cast<int>(ExitCode::other);
+  }
+}
+
+}  // namespace cfamc::host

@@ -1,0 +1,206 @@
+#include "config/options.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+
+#include "failure.hpp"
+
+namespace cfamc::host {
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// The whole of `text` as a number; nullopt otherwise.
+std::optional<double> parse_number(const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || std::string(end).find_first_not_of(" \t") != std::string::npos) return std::nullopt;
+  return value;
+}
+
+// "8/255" -> 0.0313..., "0.5" -> 0.5 (a number that came as text, e.g. from --set over a fraction);
+// nullopt for anything else.
+std::optional<double> parse_fraction(const std::string& text) {
+  const auto slash = text.find('/');
+  if (slash == std::string::npos) return parse_number(text);
+  const auto n = parse_number(text.substr(0, slash)), d = parse_number(text.substr(slash + 1));
+  if (!n || !d || *d == 0) return std::nullopt;
+  return *n / *d;
+}
+
+const char* node_type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    default: return "a date/time";
+  }
+}
+
+// A number for a float option: float, integer, or a fraction string.
+std::optional<double> as_real(const toml::node& node) {
+  if (auto v = node.as_floating_point()) return v->get();
+  if (auto v = node.as_integer()) return static_cast<double>(v->get());
+  if (auto v = node.as_string()) return parse_fraction(v->get());
+  return std::nullopt;
+}
+
+// The value of `node` converted to `type`, or nullopt when it does not fit.
+std::optional<toml::table> coerce(const toml::node& node, cfamc_option_type type) {
+  toml::table out;
+  switch (type) {
+    case CFAMC_OPTION_BOOL:
+      if (!node.is_boolean()) return std::nullopt;
+      out.insert("v", node);
+      break;
+    case CFAMC_OPTION_INT:
+      if (!node.is_integer()) return std::nullopt;
+      out.insert("v", node);
+      break;
+    case CFAMC_OPTION_STRING:
+      if (!node.is_string()) return std::nullopt;
+      out.insert("v", node);
+      break;
+    case CFAMC_OPTION_FLOAT: {
+      auto v = as_real(node);
+      if (!v) return std::nullopt;
+      out.insert("v", *v);
+      break;
+    }
+    case CFAMC_OPTION_INT_LIST:
+    case CFAMC_OPTION_FLOAT_LIST:
+    case CFAMC_OPTION_STRING_LIST: {
+      const toml::array* arr = node.as_array();
+      if (!arr) return std::nullopt;
+      toml::array converted;
+      for (const toml::node& element : *arr) {
+        if (type == CFAMC_OPTION_INT_LIST || type == CFAMC_OPTION_STRING_LIST) {
+          if (type == CFAMC_OPTION_INT_LIST ? !element.is_integer() : !element.is_string()) return std::nullopt;
+          converted.push_back(element);
+        } else {
+          auto v = as_real(element);
+          if (!v) return std::nullopt;
+          converted.push_back(*v);
+        }
+      }
+      out.insert("v", std::move(converted));
+      break;
+    }
+    default: return std::nullopt;
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* type_name(cfamc_option_type type) {
+  switch (type) {
+    case CFAMC_OPTION_BOOL: return "boolean";
+    case CFAMC_OPTION_INT: return "integer";
+    case CFAMC_OPTION_FLOAT: return "float";
+    case CFAMC_OPTION_STRING: return "string";
+    case CFAMC_OPTION_INT_LIST: return "integer list";
+    case CFAMC_OPTION_FLOAT_LIST: return "float list";
+    case CFAMC_OPTION_STRING_LIST: return "string list";
+  }
+  return "unknown type";
+}
+
+std::string location_of(const toml::node& node, const std::string& file) {
+  const auto& begin = node.source().begin;
+  if (begin.line == 0) return "--set";
+  std::ostringstream out;
+  out << file << ':' << begin.line << ':' << begin.column;
+  return out.str();
+}
+
+std::optional<std::string> nearest(const std::string& key, const std::vector<std::string>& candidates) {
+  std::optional<std::string> best;
+  size_t best_distance = std::max<size_t>(2, key.size() / 3) + 1;
+  for (const auto& candidate : candidates) {
+    const size_t d = edit_distance(key, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+toml::table parse_literal(const std::string& literal) {
+  try {
+    toml::table parsed = toml::parse("v = " + literal);
+    if (parsed.size() != 1) throw std::invalid_argument("not a single value");
+    return parsed;
+  } catch (const toml::parse_error& e) {
+    throw std::invalid_argument(std::string(e.description()));
+  }
+}
+
+toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
+                            const std::string& file, const std::vector<std::string>& reserved) {
+  std::vector<std::string> known = reserved;
+  for (const auto& spec : schema) known.push_back(spec.name);
+
+  toml::table resolved;
+  for (const auto& [key, node] : given) {
+    const std::string name(key.str());
+    if (std::find(reserved.begin(), reserved.end(), name) != reserved.end()) {
+      resolved.insert(name, node);
+      continue;
+    }
+    auto spec = std::find_if(schema.begin(), schema.end(), [&](const OptionSpec& s) { return s.name == name; });
+    if (spec == schema.end()) {
+      std::string message = location_of(node, file) + ": unknown key '" + section + "." + name + "'";
+      if (auto guess = nearest(name, known)) message += "; did you mean '" + *guess + "'?";
+      else message += " (known: " + [&] {
+        std::string list;
+        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        return list;
+      }() + ")";
+      fail(ExitCode::usage, message);
+    }
+    auto value = coerce(node, spec->type);
+    if (!value) {
+      fail(ExitCode::usage, location_of(node, file) + ": " + section + "." + name + ": expected " +
+                                type_name(spec->type) + (spec->type == CFAMC_OPTION_FLOAT ? " (or a fraction like \"8/255\")" : "") +
+                                ", got " + node_type_name(node));
+    }
+    resolved.insert(name, *value->get("v"));
+  }
+  for (const auto& spec : schema) {
+    if (resolved.contains(spec.name)) continue;
+    if (!spec.default_literal) {
+      fail(ExitCode::usage, file + ": " + section + "." + spec.name + ": required " + type_name(spec.type) +
+                                " option is missing (" + spec.doc + ")");
+    }
+    toml::table literal = parse_literal(*spec.default_literal);
+    auto value = coerce(*literal.get("v"), spec.type);
+    if (!value) {
+      fail(ExitCode::plugin, section + "." + spec.name + ": declared default " + *spec.default_literal +
+                                 " is not a " + type_name(spec.type));
+    }
+    resolved.insert(spec.name, *value->get("v"));
+  }
+  return resolved;
+}
+
+}  // namespace cfamc::host

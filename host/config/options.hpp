@@ -1,0 +1,40 @@
+// Declared options and their validation. The same declaration type serves the host's own sections
+// ([run], [plugins]) and every plugin's table, so an option is parsed in exactly one place.
+#pragma once
+
+#include <cfamc/cfamc.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+
+namespace cfamc::host {
+
+struct OptionSpec {
+  std::string name;
+  cfamc_option_type type = CFAMC_OPTION_STRING;
+  std::optional<std::string> default_literal;  // a TOML value literal; nullopt: required
+  std::string doc;
+};
+using Schema = std::vector<OptionSpec>;
+
+const char* type_name(cfamc_option_type type);
+
+// "file:line:column" of a node, or "--set" for a value that came from the command line.
+std::string location_of(const toml::node& node, const std::string& file);
+
+// The closest of `candidates` to `key` by edit distance, if close enough to be a plausible typo.
+std::optional<std::string> nearest(const std::string& key, const std::vector<std::string>& candidates);
+
+// Parses a TOML value literal ("0.3", "\"8/255\"", "[2, 10]"). Throws std::invalid_argument.
+toml::table parse_literal(const std::string& literal);
+
+// Validates `given` (the table at `section` of `file`) against `schema`, ignoring `reserved` keys
+// (`plugin`, `id`) that the host reads itself. Returns the table with defaults filled in and fractions
+// ("8/255") turned into floats. Throws Failure(usage) naming the file, line, key and what was expected.
+toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
+                            const std::string& file, const std::vector<std::string>& reserved = {});
+
+}  // namespace cfamc::host

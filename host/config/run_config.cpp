@@ -1,0 +1,179 @@
+#include "config/run_config.hpp"
+
+#include <algorithm>
+
+#include "failure.hpp"
+#include "plugins/registry.hpp"
+
+namespace cfamc::host {
+namespace {
+
+const std::vector<std::string> kSections = {"run", "plugins", "backbone", "objective", "attack", "evaluate"};
+const std::vector<std::string> kReserved = {"plugin", "id"};
+
+struct SectionPlace {
+  const char* name;
+  cfamc_kind kind;
+  bool required;
+};
+constexpr SectionPlace kSingleComponents[] = {
+    {"backbone", CFAMC_KIND_BACKBONE, true},
+    {"objective", CFAMC_KIND_OBJECTIVE, true},
+    {"attack", CFAMC_KIND_ATTACK, false},
+};
+
+const toml::table& section_table(const RunFile& run_file, const std::string& name) {
+  static const toml::table empty;
+  const toml::node* node = run_file.table.get(name);
+  if (node == nullptr) return empty;
+  if (const auto* t = node->as_table()) return *t;
+  fail(ExitCode::usage, location_of(*node, run_file.file) + ": '" + name + "' must be a table ([" + name + "])");
+}
+
+// The `plugin = "..."` of a component table.
+std::string plugin_name(const toml::table& table, const std::string& label, const RunFile& run_file) {
+  const toml::node* node = table.get("plugin");
+  if (node == nullptr) {
+    fail(ExitCode::usage, run_file.file + ": [" + label + "] needs plugin = \"<name>\" (cfamc-host --list-plugins)");
+  }
+  if (!node->is_string()) {
+    fail(ExitCode::usage, location_of(*node, run_file.file) + ": " + label + ".plugin: expected a string");
+  }
+  return node->as_string()->get();
+}
+
+ComponentConfig component_at(const toml::table& table, cfamc_kind kind, const std::string& label,
+                             const RunFile& run_file) {
+  ComponentConfig c{kind, label, label, plugin_name(table, label, run_file), {}, nullptr};
+  if (const toml::node* id = table.get("id")) {
+    if (!id->is_string() || id->as_string()->get().empty()) {
+      fail(ExitCode::usage, location_of(*id, run_file.file) + ": " + label + ".id: expected a non-empty string");
+    }
+  }
+  return c;
+}
+
+toml::table without_reserved(const toml::table& options) {
+  toml::table out = options;
+  for (const auto& key : kReserved) out.erase(key);
+  return out;
+}
+
+}  // namespace
+
+Schema run_section_schema() {
+  return {
+      {"dir", CFAMC_OPTION_STRING, "\"runs/default\"", "the run directory (created; resolved.toml and logs go there)"},
+      {"seed", CFAMC_OPTION_INT, "0", "seed of every random stream of the run"},
+      {"device", CFAMC_OPTION_STRING, "\"auto\"", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\""},
+  };
+}
+
+Schema plugins_section_schema() {
+  return {{"paths", CFAMC_OPTION_STRING_LIST, "[]",
+           "extra plugin directories or files, searched before CFAMC_PLUGIN_PATH and the installed plugins"}};
+}
+
+RunConfig resolve_host_sections(const RunFile& run_file) {
+  for (const auto& [key, node] : run_file.table) {
+    const std::string name(key.str());
+    if (std::find(kSections.begin(), kSections.end(), name) == kSections.end()) {
+      std::string message = location_of(node, run_file.file) + ": unknown section '" + name + "'";
+      if (auto guess = nearest(name, kSections)) message += "; did you mean '" + *guess + "'?";
+      fail(ExitCode::usage, message);
+    }
+  }
+  RunConfig config;
+  config.file = run_file.file;
+  const toml::table run = resolve_options(section_table(run_file, "run"), run_section_schema(), "run", run_file.file);
+  config.dir = run["dir"].value_or(std::string());
+  config.seed = run["seed"].value_or(int64_t{0});
+  config.device = run["device"].value_or(std::string("auto"));
+  const toml::table plugins =
+      resolve_options(section_table(run_file, "plugins"), plugins_section_schema(), "plugins", run_file.file);
+  for (const auto& path : *plugins["paths"].as_array()) config.plugin_paths.push_back(path.value_or(std::string()));
+
+  for (const auto& place : kSingleComponents) {
+    const toml::node* node = run_file.table.get(place.name);
+    if (node == nullptr) {
+      if (place.required) {
+        fail(ExitCode::usage, run_file.file + ": missing section [" + std::string(place.name) + "] (with plugin = \"...\")");
+      }
+      continue;
+    }
+    config.components.push_back(component_at(section_table(run_file, place.name), place.kind, place.name, run_file));
+  }
+  if (const toml::node* node = run_file.table.get("evaluate")) {
+    const toml::array* entries = node->as_array();
+    if (entries == nullptr || !entries->is_array_of_tables()) {
+      fail(ExitCode::usage, location_of(*node, run_file.file) + ": 'evaluate' must be an array of tables ([[evaluate]])");
+    }
+    for (size_t i = 0; i < entries->size(); ++i) {
+      const toml::table& entry = *entries->get(i)->as_table();
+      ComponentConfig c = component_at(entry, CFAMC_KIND_EVALUATOR, "evaluate." + std::to_string(i), run_file);
+      c.id = entry["id"].value_or(c.plugin);
+      c.label = "evaluate." + c.id;
+      for (const auto& other : config.components) {
+        if (other.kind == CFAMC_KIND_EVALUATOR && other.id == c.id) {
+          fail(ExitCode::usage, location_of(entry, run_file.file) + ": two [[evaluate]] entries with id '" + c.id +
+                                    "'; give one of them id = \"...\"");
+        }
+      }
+      config.components.push_back(std::move(c));
+    }
+  }
+  return config;
+}
+
+void resolve_components(RunConfig& config, const RunFile& run_file, const Registry& registry) {
+  size_t evaluator_index = 0;
+  for (auto& c : config.components) {
+    const toml::table* table = nullptr;
+    if (c.kind == CFAMC_KIND_EVALUATOR) {
+      table = run_file.table["evaluate"][evaluator_index++].as_table();
+    } else {
+      table = &section_table(run_file, c.label);
+    }
+    c.info = &registry.find(c.kind, c.plugin);
+    c.options = without_reserved(resolve_options(*table, c.info->options, c.label, run_file.file, kReserved));
+  }
+}
+
+const ComponentConfig* RunConfig::find(cfamc_kind kind) const {
+  for (const auto& c : components)
+    if (c.kind == kind) return &c;
+  return nullptr;
+}
+
+toml::table RunConfig::resolved() const {
+  toml::table out;
+  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}});
+  toml::array paths;
+  for (const auto& p : plugin_paths) paths.push_back(p);
+  out.insert("plugins", toml::table{{"paths", paths}});
+  toml::array evaluators;
+  for (const auto& c : components) {
+    toml::table t = c.options;
+    t.insert("plugin", c.plugin);
+    if (c.kind == CFAMC_KIND_EVALUATOR) {
+      t.insert("id", c.id);
+      evaluators.push_back(std::move(t));
+    } else {
+      out.insert(c.label, std::move(t));
+    }
+  }
+  if (!evaluators.empty()) out.insert("evaluate", std::move(evaluators));
+  return out;
+}
+
+uint64_t component_seed(int64_t run_seed, const std::string& label) {
+  // FNV-1a of the label, then one splitmix64 round: stable across platforms and releases.
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : label) h = (h ^ ch) * 1099511628211ull;
+  uint64_t z = static_cast<uint64_t>(run_seed) ^ h;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace cfamc::host

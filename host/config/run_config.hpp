@@ -1,0 +1,57 @@
+// The run file resolved against the host's sections and the plugins' declared options: what `--validate`
+// checks and what the run directory's resolved.toml records.
+#pragma once
+
+#include <cfamc/cfamc.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+
+#include "config/options.hpp"
+#include "config/run_file.hpp"
+
+namespace cfamc::host {
+
+class Registry;
+struct ComponentInfo;
+
+struct ComponentConfig {
+  cfamc_kind kind;
+  std::string label;    // "backbone", "attack", "evaluate.knn": where it sits, and its log prefix
+  std::string id;       // the evaluator's id in summary.json; the section name otherwise
+  std::string plugin;   // the component name the registry knows
+  toml::table options;  // validated, defaults filled in, without the host's reserved keys
+  const ComponentInfo* info = nullptr;
+};
+
+struct RunConfig {
+  std::string file;
+  std::string dir;
+  int64_t seed = 0;
+  std::string device;  // as written: "auto", "cpu", "cuda", "cuda:1"
+  std::vector<std::string> plugin_paths;
+  std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), then evaluators
+
+  const ComponentConfig* find(cfamc_kind kind) const;
+  // The whole run file as resolved: every default written out.
+  toml::table resolved() const;
+};
+
+// The host's own sections, as declarations (documented in docs/config.md).
+Schema run_section_schema();
+Schema plugins_section_schema();
+
+// Step 1, before plugins are discovered: the sections the host reads itself, and the shape of the rest
+// (unknown top-level section -> error with the nearest known one).
+RunConfig resolve_host_sections(const RunFile& run_file);
+
+// Step 2: every component table against its plugin's declaration.
+void resolve_components(RunConfig& config, const RunFile& run_file, const Registry& registry);
+
+// A component's seed: the run's seed mixed with its label, so components draw independent streams.
+uint64_t component_seed(int64_t run_seed, const std::string& label);
+
+}  // namespace cfamc::host

@@ -1,0 +1,28 @@
+// The run file: strict TOML with command-line overrides. This file knows the syntax (parsing, --set);
+// which sections and keys are valid is decided by the schemas of the host and the plugins.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+
+namespace cfamc::host {
+
+struct RunFile {
+  std::string file;   // the path as the user gave it, for messages
+  toml::table table;  // the parsed file with every --set applied
+};
+
+// Reads and parses `path`, then applies `overrides` ("a.b=value") in order. Throws Failure(usage) with
+// "file:line:column: what" for malformed TOML and a clear line for an unreadable file or a bad override.
+RunFile load_run_file(const std::filesystem::path& path, const std::vector<std::string>& overrides);
+
+// Applies one "a.b.c=value" override. `value` is read as a TOML value ("3", "0.5", "true", "[1, 2]",
+// "\"x\"") and otherwise as a bare string, so `--set attack.plugin=fgsm_rs` needs no quotes. Where the
+// key already holds a string, the text is kept as a string whatever it looks like. A numeric segment
+// indexes an array of tables: `evaluate.0.k=10`.
+void apply_override(toml::table& table, const std::string& assignment);
+
+}  // namespace cfamc::host

@@ -1,0 +1,221 @@
+#include "plugins/components.hpp"
+
+#include <cstddef>
+
+#include "failure.hpp"
+#include "plugins/tensor_handle.hpp"
+
+namespace cfamc::host {
+
+NamedTensorsArg::NamedTensorsArg(const TensorMap& map) {
+  for (const auto& item : map) {
+    names_.push_back(item.key().c_str());
+    handles_.push_back(make_handle(item.value()));
+  }
+  view_ = {sizeof(cfamc_named_tensors), handles_.size(), names_.data(), handles_.data()};
+}
+
+NamedTensorsArg::~NamedTensorsArg() {
+  for (cfamc_tensor* h : handles_) delete h;
+}
+
+TensorMap to_map(const cfamc_named_tensors* named) {
+  TensorMap map;
+  if (named == nullptr) return map;
+  for (size_t i = 0; i < named->count; ++i) map.insert(named->names[i], named->tensors[i]->tensor);
+  return map;
+}
+
+TensorCollector::TensorCollector() { sink_ = {sizeof(cfamc_tensor_sink), this, &TensorCollector::put}; }
+
+cfamc_error* TensorCollector::put(void* self, const char* name, cfamc_tensor* tensor) {
+  auto* collector = static_cast<TensorCollector*>(self);
+  at::Tensor value = adopt(tensor);
+  if (name == nullptr) return make_error(CFAMC_ERROR_INVALID_ARGUMENT, "tensor sink: NULL name");
+  if (collector->map_.contains(name)) {
+    return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string("tensor sink: '") + name + "' put twice");
+  }
+  collector->map_.insert(name, std::move(value));
+  return nullptr;
+}
+
+// ---- Component -----------------------------------------------------------------------------------------
+
+Component::Component(std::shared_ptr<const PluginLibrary> library, const ComponentInfo& info,
+                     ComponentSetup setup)
+    : library_(std::move(library)),
+      info_(info),
+      context_(std::make_unique<cfamc_context>()),
+      who_("plugin '" + info.name + "' (" + setup.label + ")") {
+  context_->plugin = info.name;
+  context_->label = setup.label;
+  context_->options = std::move(setup.options);
+  context_->seed = setup.seed;
+  context_->device = setup.device;
+  context_->feature_dim = setup.feature_dim;
+  check(table<cfamc_component_vtable>().create(context_.get(), &self_));
+  if (self_ == nullptr) fail(ExitCode::plugin, who_ + ": create returned no object");
+}
+
+Component::~Component() {
+  if (self_ != nullptr) table<cfamc_component_vtable>().destroy(self_);
+}
+
+std::vector<NamedTensor> Component::named_tensors() const {
+  std::vector<NamedTensor> out;
+  const auto& t = table<cfamc_component_vtable>();
+  if (!reaches(offsetof(cfamc_component_vtable, named_tensors)) || t.named_tensors == nullptr) return out;
+  cfamc_tensor_visitor visitor{sizeof(cfamc_tensor_visitor), &out,
+                               [](void* self, cfamc_tensor_role role, const char* name, const cfamc_tensor* tensor) {
+                                 static_cast<std::vector<NamedTensor>*>(self)->push_back(
+                                     NamedTensor{role, name ? name : "", tensor->tensor});
+                               }};
+  t.named_tensors(self_, &visitor);
+  return out;
+}
+
+std::vector<at::Tensor> Component::parameters() const {
+  std::vector<at::Tensor> out;
+  for (auto& named : named_tensors())
+    if (named.role == CFAMC_ROLE_PARAMETER) out.push_back(named.tensor);
+  return out;
+}
+
+void Component::set_training(bool training) {
+  const auto& t = table<cfamc_component_vtable>();
+  if (reaches(offsetof(cfamc_component_vtable, set_training)) && t.set_training) t.set_training(self_, training);
+}
+
+void Component::to_device(const std::string& device) {
+  const auto& t = table<cfamc_component_vtable>();
+  context_->device = device;
+  if (reaches(offsetof(cfamc_component_vtable, to_device)) && t.to_device) check(t.to_device(self_, device.c_str()));
+}
+
+// ---- Backbone ------------------------------------------------------------------------------------------
+
+at::Tensor Backbone::forward(const at::Tensor& x, int32_t branch) const {
+  cfamc_tensor input{x};
+  cfamc_tensor* out = nullptr;
+  check(table<cfamc_backbone_vtable>().forward(self(), &input, branch, &out));
+  if (out == nullptr) fail(ExitCode::plugin, who() + ": forward returned no tensor");
+  return adopt(out);
+}
+
+int64_t Backbone::feature_dim() const { return table<cfamc_backbone_vtable>().feature_dim(self()); }
+int32_t Backbone::num_branches() const { return table<cfamc_backbone_vtable>().num_branches(self()); }
+
+cfamc_encoder Backbone::encoder() const {
+  return cfamc_encoder{sizeof(cfamc_encoder), const_cast<Backbone*>(this), feature_dim(), num_branches(),
+                       [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) -> cfamc_error* {
+                         auto* backbone = static_cast<Backbone*>(self);
+                         if (branch < 0 || branch >= backbone->num_branches()) {
+                           return make_error(CFAMC_ERROR_INVALID_ARGUMENT,
+                                             "encoder: branch " + std::to_string(branch) + " of a backbone with " +
+                                                 std::to_string(backbone->num_branches()) + " BatchNorm sets");
+                         }
+                         return backbone->table<cfamc_backbone_vtable>().forward(backbone->self(), x, branch, out);
+                       }};
+}
+
+// ---- Objective -----------------------------------------------------------------------------------------
+
+namespace {
+std::vector<std::string> names_from(size_t count, const char* const* names) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < count; ++i) out.emplace_back(names[i]);
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> Objective::view_groups() const {
+  const char* const* names = nullptr;
+  const size_t n = table<cfamc_objective_vtable>().view_groups(self(), &names);
+  return names_from(n, names);
+}
+
+std::vector<std::string> Objective::attacked_inputs() const {
+  const char* const* names = nullptr;
+  const size_t n = table<cfamc_objective_vtable>().attacked_inputs(self(), &names);
+  return names_from(n, names);
+}
+
+TensorMap Objective::prepare(const TensorMap& views, const at::Tensor& sample_indices) const {
+  const auto& t = table<cfamc_objective_vtable>();
+  if (!reaches(offsetof(cfamc_objective_vtable, prepare)) || t.prepare == nullptr) return views;
+  NamedTensorsArg in(views);
+  cfamc_tensor indices{sample_indices};
+  TensorCollector out;
+  check(t.prepare(self(), in.get(), sample_indices.defined() ? &indices : nullptr, out.sink()));
+  return out.take();
+}
+
+LossResult Objective::loss(const Backbone& backbone, const TensorMap& clean, const TensorMap& adversarial,
+                           cfamc_phase phase) const {
+  const cfamc_encoder encoder = backbone.encoder();
+  NamedTensorsArg clean_arg(clean);
+  NamedTensorsArg adv_arg(adversarial);
+  TensorCollector scalars;
+  cfamc_tensor* out = nullptr;
+  check(table<cfamc_objective_vtable>().loss(self(), &encoder, clean_arg.get(),
+                                             adversarial.is_empty() ? nullptr : adv_arg.get(), phase,
+                                             scalars.sink(), &out));
+  if (out == nullptr) fail(ExitCode::plugin, who() + ": loss returned no tensor");
+  return LossResult{adopt(out), scalars.take()};
+}
+
+bool Objective::has_representation() const {
+  return reaches(offsetof(cfamc_objective_vtable, represent)) && table<cfamc_objective_vtable>().represent;
+}
+
+at::Tensor Objective::represent(const at::Tensor& features) const {
+  if (!has_representation()) return features;
+  cfamc_tensor in{features};
+  cfamc_tensor* out = nullptr;
+  check(table<cfamc_objective_vtable>().represent(self(), &in, &out));
+  return adopt(out);
+}
+
+int64_t Objective::representation_dim(int64_t feature_dim) const {
+  const auto& t = table<cfamc_objective_vtable>();
+  if (!has_representation() || !reaches(offsetof(cfamc_objective_vtable, representation_dim)) ||
+      !t.representation_dim) {
+    return feature_dim;
+  }
+  return t.representation_dim(self(), feature_dim);
+}
+
+// ---- Attack --------------------------------------------------------------------------------------------
+
+int32_t Attack::replays() const { return table<cfamc_attack_vtable>().replays(self()); }
+
+TensorMap Attack::perturb(const cfamc_oracle& oracle, const TensorMap& inputs) const {
+  NamedTensorsArg in(inputs);
+  TensorCollector out;
+  check(table<cfamc_attack_vtable>().perturb(self(), &oracle, in.get(), out.sink()));
+  TensorMap adversarial = out.take();
+  for (const auto& item : inputs) {
+    if (!adversarial.contains(item.key())) {
+      fail(ExitCode::plugin, who() + ": perturb returned no adversarial '" + item.key() + "'");
+    }
+  }
+  return adversarial;
+}
+
+bool Attack::observes() const {
+  return reaches(offsetof(cfamc_attack_vtable, observe)) && table<cfamc_attack_vtable>().observe;
+}
+
+void Attack::observe(const TensorMap& input_gradients) const {
+  if (!observes()) return;
+  NamedTensorsArg in(input_gradients);
+  check(table<cfamc_attack_vtable>().observe(self(), in.get()));
+}
+
+// ---- Evaluator -----------------------------------------------------------------------------------------
+
+void Evaluator::evaluate(const cfamc_eval_services& services) const {
+  check(table<cfamc_evaluator_vtable>().evaluate(self(), &services));
+}
+
+}  // namespace cfamc::host

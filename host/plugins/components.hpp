@@ -1,0 +1,150 @@
+// Host-side handles to plugin components: each owns one object made by a plugin's `create`, calls it
+// through the kind's C table, and turns a returned error into Failure(plugin) naming the component.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/ordered_dict.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "plugins/context.hpp"
+#include "plugins/registry.hpp"
+
+namespace cfamc::host {
+
+using TensorMap = torch::OrderedDict<std::string, at::Tensor>;
+
+struct NamedTensor {
+  cfamc_tensor_role role;
+  std::string name;
+  at::Tensor tensor;  // aliases the component's own tensor
+};
+
+// Owned handles behind a cfamc_named_tensors for the duration of one call.
+class NamedTensorsArg {
+ public:
+  explicit NamedTensorsArg(const TensorMap& map);
+  ~NamedTensorsArg();
+  NamedTensorsArg(const NamedTensorsArg&) = delete;
+  NamedTensorsArg& operator=(const NamedTensorsArg&) = delete;
+  const cfamc_named_tensors* get() const { return &view_; }
+
+ private:
+  std::vector<const char*> names_;
+  std::vector<cfamc_tensor*> handles_;
+  cfamc_named_tensors view_{};
+};
+
+TensorMap to_map(const cfamc_named_tensors* named);
+
+// A cfamc_tensor_sink that collects into a TensorMap.
+class TensorCollector {
+ public:
+  TensorCollector();
+  const cfamc_tensor_sink* sink() const { return &sink_; }
+  TensorMap take() { return std::move(map_); }
+
+ private:
+  static cfamc_error* put(void* self, const char* name, cfamc_tensor* tensor);
+  TensorMap map_;
+  cfamc_tensor_sink sink_{};
+};
+
+// Where a component lives and what it was given.
+struct ComponentSetup {
+  std::string label;    // "backbone", "attack", "evaluate.knn"
+  toml::table options;  // validated and defaulted
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  int64_t feature_dim = 0;  // the backbone's, for components that build heads on it
+};
+
+class Component {
+ public:
+  Component(std::shared_ptr<const PluginLibrary> library, const ComponentInfo& info, ComponentSetup setup);
+  virtual ~Component();
+  Component(const Component&) = delete;
+  Component& operator=(const Component&) = delete;
+
+  const ComponentInfo& info() const { return info_; }
+  const std::string& who() const { return who_; }  // "plugin 'pgd' (attack)"
+  std::vector<NamedTensor> named_tensors() const;
+  std::vector<at::Tensor> parameters() const;
+  void set_training(bool training);
+  void to_device(const std::string& device);
+
+ protected:
+  template <class Table>
+  const Table& table() const {
+    return *static_cast<const Table*>(info_.vtable);
+  }
+  // Whether the plugin's table reaches the function pointer at `offset` (an optional or later-added
+  // entry); the caller still checks it for NULL.
+  bool reaches(size_t offset) const {
+    return static_cast<const cfamc_component_vtable*>(info_.vtable)->struct_size >= offset + sizeof(void*);
+  }
+  void check(cfamc_error* error) const { check_plugin(error, who_); }
+  void* self() const { return self_; }
+  const cfamc_context& context() const { return *context_; }
+
+ private:
+  std::shared_ptr<const PluginLibrary> library_;  // keeps the code of `self_` loaded
+  const ComponentInfo& info_;
+  std::unique_ptr<cfamc_context> context_;
+  std::string who_;
+  void* self_ = nullptr;
+};
+
+class Backbone : public Component {
+ public:
+  using Component::Component;
+  at::Tensor forward(const at::Tensor& x, int32_t branch = 0) const;
+  int64_t feature_dim() const;
+  int32_t num_branches() const;
+  // The callback objectives call; valid while this backbone lives.
+  cfamc_encoder encoder() const;
+};
+
+struct LossResult {
+  at::Tensor loss;
+  TensorMap scalars;
+};
+
+class Objective : public Component {
+ public:
+  using Component::Component;
+  std::vector<std::string> view_groups() const;
+  std::vector<std::string> attacked_inputs() const;
+  TensorMap prepare(const TensorMap& views, const at::Tensor& sample_indices) const;
+  // `adversarial` empty: clean training.
+  LossResult loss(const Backbone& backbone, const TensorMap& clean, const TensorMap& adversarial,
+                  cfamc_phase phase) const;
+  bool has_representation() const;
+  at::Tensor represent(const at::Tensor& features) const;
+  int64_t representation_dim(int64_t feature_dim) const;
+};
+
+class Attack : public Component {
+ public:
+  using Component::Component;
+  int32_t replays() const;
+  TensorMap perturb(const cfamc_oracle& oracle, const TensorMap& inputs) const;
+  bool observes() const;
+  void observe(const TensorMap& input_gradients) const;
+};
+
+class Evaluator : public Component {
+ public:
+  using Component::Component;
+  void evaluate(const cfamc_eval_services& services) const;
+};
+
+// Makes a component of kind K (Backbone, ...) from `info`; Failure(plugin) if its `create` fails.
+template <class K>
+std::unique_ptr<K> instantiate(const Registry& registry, const ComponentInfo& info, ComponentSetup setup) {
+  return std::make_unique<K>(registry.owner(info), info, std::move(setup));
+}
+
+}  // namespace cfamc::host

@@ -1,0 +1,35 @@
+// The host's definitions of the opaque C types a plugin sees: errors and per-component contexts.
+#pragma once
+
+#include <cfamc/cfamc.h>
+
+#include <cstdint>
+#include <string>
+
+#include <toml++/toml.h>
+
+struct cfamc_error {
+  cfamc_error_code code;
+  std::string message;
+};
+
+struct cfamc_context {
+  std::string plugin;   // the component's plugin name ("pgd")
+  std::string label;    // where it sits in the run file ("attack", "evaluate.knn")
+  toml::table options;  // validated, defaults filled in
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  int64_t feature_dim = 0;  // the run's backbone feature dimension; 0 for the backbone itself
+};
+
+namespace cfamc::host {
+
+// The table of host functions handed to every plugin's entry point.
+const cfamc_host_api* host_api();
+
+cfamc_error* make_error(cfamc_error_code code, std::string message);
+
+// Releases `error` (if any) and throws Failure(plugin) prefixed with `who` ("plugin 'pgd' (attack)").
+void check_plugin(cfamc_error* error, const std::string& who);
+
+}  // namespace cfamc::host

@@ -1,0 +1,85 @@
+// Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018, as EMP-SSL reports it):
+// cosine similarity to every training feature, the k most similar vote with weight exp(sim / T).
+#include <cfamc/plugin.hpp>
+
+#include <torch/torch.h>
+
+namespace {
+
+class KNN : public cfamc::Evaluator {
+ public:
+  static constexpr const char* name = "knn";
+  static constexpr const char* summary = "weighted kNN top-1 accuracy on frozen, L2-normalised features";
+  static std::vector<cfamc_option_decl> options() {
+    return {
+        cfamc::option("k", CFAMC_OPTION_INT, "20", "neighbours that vote"),
+        cfamc::option("temperature", CFAMC_OPTION_FLOAT, "0.07", "vote weight exp(cosine / temperature)"),
+        cfamc::option("feature", CFAMC_OPTION_STRING, "\"backbone\"", "\"backbone\" or \"representation\""),
+        cfamc::option("batch_size", CFAMC_OPTION_INT, "256", "images encoded at once"),
+        cfamc::option("train_split", CFAMC_OPTION_STRING, "\"train\"", "the split that holds the neighbours"),
+        cfamc::option("test_split", CFAMC_OPTION_STRING, "\"test\"", "the split that is classified"),
+    };
+  }
+
+  explicit KNN(const cfamc::Context& ctx)
+      : Evaluator(ctx),
+        k_(ctx.integer("k")),
+        temperature_(ctx.real("temperature")),
+        batch_size_(ctx.integer("batch_size")),
+        train_split_(ctx.text("train_split")),
+        test_split_(ctx.text("test_split")) {
+    const std::string feature = ctx.text("feature");
+    if (feature != "backbone" && feature != "representation") {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "feature must be \"backbone\" or \"representation\"");
+    }
+    feature_ = feature == "backbone" ? CFAMC_FEATURE_BACKBONE : CFAMC_FEATURE_REPRESENTATION;
+    if (k_ < 1 || temperature_ <= 0 || batch_size_ < 1) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "k, temperature and batch_size must be positive");
+    }
+  }
+
+  void evaluate(const cfamc::EvalServices& services) override {
+    services.set_encoder_training(false);
+    torch::NoGradGuard no_grad;
+    const auto [train_images, train_labels] = services.dataset(train_split_);
+    const auto [test_images, test_labels] = services.dataset(test_split_);
+    const at::Tensor bank = features(services, train_images);
+    const int64_t classes = train_labels.max().item<int64_t>() + 1;
+    const int64_t k = std::min<int64_t>(k_, bank.size(0));
+
+    int64_t correct = 0;
+    for (int64_t start = 0; start < test_images.size(0); start += batch_size_) {
+      const at::Tensor query = features(services, test_images.slice(0, start, start + batch_size_));
+      const auto [similarity, index] = torch::matmul(query, bank.t()).topk(k, 1);
+      const at::Tensor weights = (similarity / temperature_).exp();
+      const at::Tensor votes = torch::zeros({query.size(0), classes}, weights.options())
+                                   .scatter_add_(1, train_labels.index({index}), weights);
+      const at::Tensor truth = test_labels.slice(0, start, start + batch_size_);
+      correct += votes.argmax(1).eq(truth).sum().item<int64_t>();
+    }
+    const double accuracy = static_cast<double>(correct) / static_cast<double>(test_images.size(0));
+    services.report("accuracy", accuracy);
+    context().info("top-1 " + std::to_string(accuracy) + " (k " + std::to_string(k) + ")");
+  }
+
+ private:
+  at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
+    std::vector<at::Tensor> out;
+    for (int64_t start = 0; start < images.size(0); start += batch_size_) {
+      const at::Tensor x = images.slice(0, start, start + batch_size_).to(torch::kFloat).div(255.0);
+      out.push_back(torch::nn::functional::normalize(services.encode(x, feature_),
+                                                     torch::nn::functional::NormalizeFuncOptions().dim(1)));
+    }
+    return torch::cat(out, 0);
+  }
+
+  int64_t k_;
+  double temperature_;
+  int64_t batch_size_;
+  std::string train_split_, test_split_;
+  cfamc_feature feature_ = CFAMC_FEATURE_BACKBONE;
+};
+
+}  // namespace
+
+CFAMC_PLUGIN("knn", "0.1.0", cfamc::component<KNN>())

@@ -1,0 +1,116 @@
+// SimCLR (Chen et al. 2020) as the CF-AMC-SSL paper uses it: a projection head on the backbone feature
+// and the NT-Xent loss over V views of each image. Robust variant: the attack perturbs the second view,
+// maximising NT-Xent(f(x2), f(x2 + delta)); training then contrasts x1 with x2 + delta.
+#include <cfamc/plugin.hpp>
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace {
+
+// NT-Xent over V views laid out view-major ([V*B, d], rows L2-normalised): each row's positives are the
+// other views of the same image, its negatives every other row. For V = 2 this is SimCLR's loss.
+at::Tensor nt_xent(const at::Tensor& z, int64_t views, double temperature) {
+  const int64_t n = z.size(0);
+  const int64_t batch = n / views;
+  at::Tensor logits = torch::matmul(z, z.t()) / temperature;
+  const at::Tensor self_mask = torch::eye(n, z.options().dtype(torch::kBool));
+  logits = logits.masked_fill(self_mask, -std::numeric_limits<float>::infinity());
+  const at::Tensor sample = torch::arange(n, z.options().dtype(torch::kLong)).remainder(batch);
+  const at::Tensor positive = sample.unsqueeze(0).eq(sample.unsqueeze(1)).logical_and(self_mask.logical_not());
+  const at::Tensor log_prob = logits - torch::logsumexp(logits, 1, /*keepdim=*/true);
+  const at::Tensor per_row = log_prob.masked_fill(positive.logical_not(), 0).sum(1) / (views - 1);
+  return -per_row.mean();
+}
+
+class SimCLR : public cfamc::Objective {
+ public:
+  static constexpr const char* name = "simclr";
+  static constexpr const char* summary = "SimCLR: projection head + NT-Xent over V views; robust: perturbs view 2";
+  static std::vector<cfamc_option_decl> options() {
+    return {
+        cfamc::option("group", CFAMC_OPTION_STRING, "\"views\"", "the view group of the run file to consume"),
+        cfamc::option("num_views", CFAMC_OPTION_INT, "2", "views per image in that group (at least 2)"),
+        cfamc::option("temperature", CFAMC_OPTION_FLOAT, "0.5", "NT-Xent temperature (CF-AMC-SSL uses 0.07)"),
+        cfamc::option("hidden_dim", CFAMC_OPTION_INT, "512", "hidden width of the projection MLP"),
+        cfamc::option("projection_dim", CFAMC_OPTION_INT, "128", "output width of the projection MLP"),
+    };
+  }
+
+  explicit SimCLR(const cfamc::Context& ctx)
+      : Objective(ctx),
+        group_(ctx.text("group")),
+        views_(ctx.integer("num_views")),
+        temperature_(ctx.real("temperature")) {
+    const int64_t hidden = ctx.integer("hidden_dim"), out = ctx.integer("projection_dim");
+    if (views_ < 2) throw cfamc::Error(CFAMC_ERROR_OPTION, "num_views must be at least 2");
+    if (temperature_ <= 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "temperature must be positive");
+    if (ctx.feature_dim() < 1 || hidden < 1 || out < 1) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "hidden_dim, projection_dim and the backbone feature dim must be positive");
+    }
+    projector_ = register_module("projector", torch::nn::Sequential(torch::nn::Linear(ctx.feature_dim(), hidden),
+                                                                    torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
+                                                                    torch::nn::Linear(hidden, out)));
+    reinitialise_linears(ctx.seed());
+    to(ctx.device());
+  }
+
+  std::vector<std::string> view_groups() const override { return {group_}; }
+  std::vector<std::string> attacked_inputs() const override { return {"view2"}; }
+
+  cfamc::TensorMap prepare(const cfamc::TensorMap& views, const at::Tensor&) override {
+    const at::Tensor& all = views[group_];
+    if (all.size(0) % views_ != 0) {
+      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "simclr: group '" + group_ + "' has " +
+                                                           std::to_string(all.size(0)) + " images, not a multiple of " +
+                                                           std::to_string(views_) + " views");
+    }
+    cfamc::TensorMap inputs;
+    const auto chunks = all.chunk(views_, 0);
+    for (int64_t v = 0; v < views_; ++v) inputs.insert("view" + std::to_string(v + 1), chunks[v]);
+    return inputs;
+  }
+
+  at::Tensor loss(const cfamc::Encoder& encoder, const cfamc::TensorMap& clean, const cfamc::TensorMap& adversarial,
+                  cfamc_phase phase, cfamc::TensorMap& log) override {
+    std::vector<at::Tensor> batch;
+    if (phase == CFAMC_PHASE_ATTACK) {
+      batch = {clean["view2"], adversarial["view2"]};
+    } else {
+      for (int64_t v = 1; v <= views_; ++v) {
+        const std::string key = "view" + std::to_string(v);
+        batch.push_back(adversarial.contains(key) ? adversarial[key] : clean[key]);
+      }
+    }
+    const at::Tensor z = torch::nn::functional::normalize(
+        projector_->forward(encoder(torch::cat(batch, 0))), torch::nn::functional::NormalizeFuncOptions().dim(1));
+    at::Tensor value = nt_xent(z, static_cast<int64_t>(batch.size()), temperature_);
+    log.insert("nt_xent", value.detach());
+    return value;
+  }
+
+ private:
+  // PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from this component's own
+  // generator so that initialisation depends on the run's seed and on nothing else.
+  void reinitialise_linears(uint64_t seed) {
+    at::Generator generator = at::detail::createCPUGenerator(seed);
+    torch::NoGradGuard no_grad;
+    for (auto& module : projector_->modules(/*include_self=*/false)) {
+      if (auto* linear = module->as<torch::nn::Linear>()) {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(linear->options.in_features()));
+        linear->weight.uniform_(-bound, bound, generator);
+        linear->bias.uniform_(-bound, bound, generator);
+      }
+    }
+  }
+
+  std::string group_;
+  int64_t views_;
+  double temperature_;
+  torch::nn::Sequential projector_{nullptr};
+};
+
+}  // namespace
+
+CFAMC_PLUGIN("simclr", "0.1.0", cfamc::component<SimCLR>())

@@ -1,0 +1,549 @@
+// The C++ layer over cfamc.h for plugins written with LibTorch: header-only, like ONNX Runtime's C++ API
+// over its C API. An author derives from one of Backbone, Objective, Attack or Evaluator, declares
+// `name`, `summary` and `options()`, and exports the library with CFAMC_PLUGIN. This layer builds the C
+// tables, converts handles to at::Tensor and back, and turns every exception into a cfamc_error at the
+// boundary. See docs/plugin-guide.md.
+#pragma once
+
+#include <cfamc/cfamc.h>
+
+#include <torch/nn/module.h>
+#include <torch/ordered_dict.h>
+#include <torch/version.h>
+
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#ifndef CFAMC_TORCH_CUDA_VERSION
+#error "CFAMC_TORCH_CUDA_VERSION is not defined: build the plugin with cfamc_add_plugin() from find_package(cfamc_sdk)"
+#endif
+
+namespace cfamc {
+
+using TensorMap = torch::OrderedDict<std::string, at::Tensor>;
+
+namespace detail {
+// One per plugin library: hidden visibility keeps each library's copy its own.
+inline const cfamc_host_api* g_host = nullptr;
+}  // namespace detail
+
+inline const cfamc_host_api& host() { return *detail::g_host; }
+
+// ---- Errors ------------------------------------------------------------------------------------------
+
+// Throw this (or anything derived from std::exception) from plugin code; the layer turns it into a
+// cfamc_error with `code` at the boundary.
+class Error : public std::runtime_error {
+ public:
+  Error(cfamc_error_code code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  cfamc_error_code code() const noexcept { return code_; }
+
+ private:
+  cfamc_error_code code_;
+};
+
+// Rethrows an error returned by a host call; the error object is released.
+inline void check(cfamc_error* error) {
+  if (error == nullptr) return;
+  const cfamc_error_code code = host().error_code(error);
+  std::string message = host().error_message(error);
+  host().error_release(error);
+  throw Error(code, message);
+}
+
+namespace detail {
+// Runs `body` and maps whatever it throws to a cfamc_error; nothing escapes.
+template <class Body>
+cfamc_error* guard(Body&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (const Error& e) {
+    return host().error_create(e.code(), e.what());
+  } catch (const c10::Error& e) {
+    return host().error_create(CFAMC_ERROR_RUNTIME, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return host().error_create(CFAMC_ERROR_RUNTIME, e.what());
+  } catch (...) {
+    return host().error_create(CFAMC_ERROR_INTERNAL, "unknown exception");
+  }
+}
+}  // namespace detail
+
+// ---- Tensors -----------------------------------------------------------------------------------------
+
+// The at::Tensor behind a borrowed handle.
+inline const at::Tensor& tensor_of(const cfamc_tensor* handle) {
+  return *static_cast<const at::Tensor*>(host().tensor_aten(handle));
+}
+
+// A new owned handle referring to `tensor` (no copy of the data).
+inline cfamc_tensor* handle_of(const at::Tensor& tensor) { return host().tensor_from_aten(&tensor); }
+
+// Owned handles kept alive while a cfamc_named_tensors built from a TensorMap is in use.
+class NamedTensorsView {
+ public:
+  explicit NamedTensorsView(const TensorMap& map) {
+    for (const auto& item : map) {
+      names_.push_back(item.key().c_str());
+      handles_.push_back(handle_of(item.value()));
+    }
+    view_ = {sizeof(cfamc_named_tensors), handles_.size(), names_.data(), handles_.data()};
+  }
+  ~NamedTensorsView() {
+    for (cfamc_tensor* h : handles_) host().tensor_release(h);
+  }
+  NamedTensorsView(const NamedTensorsView&) = delete;
+  NamedTensorsView& operator=(const NamedTensorsView&) = delete;
+  const cfamc_named_tensors* get() const { return &view_; }
+
+ private:
+  std::vector<const char*> names_;
+  std::vector<cfamc_tensor*> handles_;
+  cfamc_named_tensors view_{};
+};
+
+inline TensorMap to_map(const cfamc_named_tensors* named) {
+  TensorMap map;
+  if (named == nullptr) return map;
+  for (size_t i = 0; i < named->count; ++i) map.insert(named->names[i], tensor_of(named->tensors[i]));
+  return map;
+}
+
+inline void put_all(const cfamc_tensor_sink* sink, const TensorMap& map) {
+  for (const auto& item : map) check(sink->put(sink->self, item.key().c_str(), handle_of(item.value())));
+}
+
+// Takes an owned handle returned by a host call.
+inline at::Tensor adopt(cfamc_tensor* handle) {
+  at::Tensor tensor = tensor_of(handle);
+  host().tensor_release(handle);
+  return tensor;
+}
+
+// ---- Host services for one component -----------------------------------------------------------------
+
+class Context {
+ public:
+  explicit Context(const cfamc_context* ctx) : ctx_(ctx) {}
+
+  bool flag(const char* key) const {
+    int32_t v = 0;
+    check(host().option_bool(ctx_, key, &v));
+    return v != 0;
+  }
+  int64_t integer(const char* key) const {
+    int64_t v = 0;
+    check(host().option_int(ctx_, key, &v));
+    return v;
+  }
+  double real(const char* key) const {
+    double v = 0;
+    check(host().option_float(ctx_, key, &v));
+    return v;
+  }
+  std::string text(const char* key) const {
+    const char* v = nullptr;
+    check(host().option_string(ctx_, key, &v));
+    return v;
+  }
+  std::vector<int64_t> integers(const char* key) const { return list<int64_t>(key, host().option_int_list); }
+  std::vector<double> reals(const char* key) const { return list<double>(key, host().option_float_list); }
+  std::vector<std::string> texts(const char* key) const {
+    auto raw = list<const char*>(key, host().option_string_list);
+    return std::vector<std::string>(raw.begin(), raw.end());
+  }
+
+  void debug(const std::string& message) const { host().log(ctx_, CFAMC_LOG_DEBUG, message.c_str()); }
+  void info(const std::string& message) const { host().log(ctx_, CFAMC_LOG_INFO, message.c_str()); }
+  void warn(const std::string& message) const { host().log(ctx_, CFAMC_LOG_WARN, message.c_str()); }
+
+  uint64_t seed() const { return host().seed(ctx_); }
+  int64_t feature_dim() const { return host().feature_dim(ctx_); }
+  torch::Device device() const {
+    std::string name(host().device(ctx_, nullptr, 0), '\0');
+    host().device(ctx_, name.data(), name.size() + 1);
+    return torch::Device(name);
+  }
+  const cfamc_context* raw() const { return ctx_; }
+
+ private:
+  template <class T, class Getter>
+  std::vector<T> list(const char* key, Getter getter) const {
+    size_t count = 0;
+    check(getter(ctx_, key, nullptr, 0, &count));
+    std::vector<T> values(count);
+    check(getter(ctx_, key, values.data(), values.size(), &count));
+    return values;
+  }
+  const cfamc_context* ctx_;
+};
+
+// Declares one option; `default_value` is a TOML literal, nullptr for a required option.
+inline cfamc_option_decl option(const char* name, cfamc_option_type type, const char* default_value,
+                                const char* doc) {
+  return cfamc_option_decl{sizeof(cfamc_option_decl), name, type, default_value, doc};
+}
+
+// ---- Callbacks from the host -------------------------------------------------------------------------
+
+class Encoder {
+ public:
+  explicit Encoder(const cfamc_encoder* encoder) : encoder_(encoder) {}
+  at::Tensor operator()(const at::Tensor& x, int32_t branch = 0) const {
+    cfamc_tensor* in = handle_of(x);
+    cfamc_tensor* out = nullptr;
+    cfamc_error* error = encoder_->encode(encoder_->self, in, branch, &out);
+    host().tensor_release(in);
+    check(error);
+    return adopt(out);
+  }
+  int64_t feature_dim() const { return encoder_->feature_dim; }
+  int32_t num_branches() const { return encoder_->num_branches; }
+
+ private:
+  const cfamc_encoder* encoder_;
+};
+
+class Oracle {
+ public:
+  explicit Oracle(const cfamc_oracle* oracle) : oracle_(oracle) {}
+  // The loss to maximise, with its graph: a scalar or [N].
+  at::Tensor loss(const TensorMap& inputs) const { return call(oracle_->loss, inputs); }
+  bool has_logits() const { return oracle_->logits != nullptr; }
+  at::Tensor logits(const TensorMap& inputs) const {
+    if (!has_logits()) throw Error(CFAMC_ERROR_UNSUPPORTED, "this oracle has no logits (not a classifier)");
+    return call(oracle_->logits, inputs);
+  }
+  // The labels of a classification oracle, or an undefined tensor.
+  at::Tensor labels() const { return oracle_->labels ? tensor_of(oracle_->labels) : at::Tensor(); }
+
+ private:
+  template <class Fn>
+  at::Tensor call(Fn fn, const TensorMap& inputs) const {
+    NamedTensorsView view(inputs);
+    cfamc_tensor* out = nullptr;
+    check(fn(oracle_->self, view.get(), &out));
+    return adopt(out);
+  }
+  const cfamc_oracle* oracle_;
+};
+
+class EvalServices {
+ public:
+  explicit EvalServices(const cfamc_eval_services* services) : s_(services) {}
+
+  std::pair<at::Tensor, at::Tensor> dataset(const std::string& split) const {
+    cfamc_tensor* images = nullptr;
+    cfamc_tensor* labels = nullptr;
+    check(s_->dataset(s_->self, split.c_str(), &images, &labels));
+    return {adopt(images), adopt(labels)};
+  }
+  at::Tensor encode(const at::Tensor& x, cfamc_feature which = CFAMC_FEATURE_BACKBONE) const {
+    cfamc_tensor* in = handle_of(x);
+    cfamc_tensor* out = nullptr;
+    cfamc_error* error = s_->encode(s_->self, which, in, &out);
+    host().tensor_release(in);
+    check(error);
+    return adopt(out);
+  }
+  int64_t feature_dim(cfamc_feature which = CFAMC_FEATURE_BACKBONE) const {
+    return s_->feature_dim(s_->self, which);
+  }
+  void set_encoder_training(bool training) const { s_->set_encoder_training(s_->self, training ? 1 : 0); }
+  at::Tensor make_views(const std::string& group, const at::Tensor& images) const {
+    cfamc_tensor* in = handle_of(images);
+    cfamc_tensor* out = nullptr;
+    cfamc_error* error = s_->make_views(s_->self, group.c_str(), in, &out);
+    host().tensor_release(in);
+    check(error);
+    return adopt(out);
+  }
+  std::vector<std::string> attack_ids() const {
+    std::vector<std::string> ids;
+    for (size_t i = 0; i < s_->num_attacks(s_->self); ++i) ids.emplace_back(s_->attack_id(s_->self, i));
+    return ids;
+  }
+  at::Tensor attack(const std::string& id, const cfamc_oracle* oracle, const at::Tensor& x) const {
+    cfamc_tensor* in = handle_of(x);
+    cfamc_tensor* out = nullptr;
+    cfamc_error* error = s_->attack(s_->self, id.c_str(), oracle, in, &out);
+    host().tensor_release(in);
+    check(error);
+    return adopt(out);
+  }
+  void report(const std::string& key, double value) const { s_->report(s_->self, key.c_str(), value); }
+  std::string artifact_path(const std::string& name) const {
+    std::string path(s_->artifact_path(s_->self, name.c_str(), nullptr, 0), '\0');
+    s_->artifact_path(s_->self, name.c_str(), path.data(), path.size() + 1);
+    return path;
+  }
+
+ private:
+  const cfamc_eval_services* s_;
+};
+
+// ---- The four kinds ----------------------------------------------------------------------------------
+// Parameters and buffers registered on the torch::nn::Module are the component's named tensors; the
+// host trains, moves and checkpoints them. Attack buffers are reported as state.
+
+class Component : public torch::nn::Module {
+ public:
+  explicit Component(const Context& ctx) : ctx_(ctx) {}
+  const Context& context() const { return ctx_; }
+
+ private:
+  Context ctx_;
+};
+
+class Backbone : public Component {
+ public:
+  using Component::Component;
+  virtual at::Tensor forward(const at::Tensor& x, int32_t branch) = 0;
+  virtual int64_t feature_dim() const = 0;
+  virtual int32_t num_branches() const { return 1; }
+};
+
+class Objective : public Component {
+ public:
+  using Component::Component;
+  virtual std::vector<std::string> view_groups() const = 0;
+  virtual std::vector<std::string> attacked_inputs() const = 0;
+  // Default: the inputs are the views themselves.
+  virtual TensorMap prepare(const TensorMap& views, const at::Tensor& /*sample_indices*/) { return views; }
+  // `adversarial` is empty when training clean. Scalars for the log go into `log` (0-d tensors).
+  virtual at::Tensor loss(const Encoder& encoder, const TensorMap& clean, const TensorMap& adversarial,
+                          cfamc_phase phase, TensorMap& log) = 0;
+  // Override both to give evaluators a representation other than the backbone feature.
+  virtual bool has_representation() const { return false; }
+  virtual at::Tensor represent(const at::Tensor& features) { return features; }
+  virtual int64_t representation_dim(int64_t feature_dim) const { return feature_dim; }
+};
+
+class Attack : public Component {
+ public:
+  using Component::Component;
+  virtual int32_t replays() const { return 1; }
+  virtual TensorMap perturb(const Oracle& oracle, const TensorMap& inputs) = 0;
+  virtual void observe(const TensorMap& /*input_gradients*/) {}
+};
+
+class Evaluator : public Component {
+ public:
+  using Component::Component;
+  virtual void evaluate(const EvalServices& services) = 0;
+};
+
+// ---- Trampolines: C table entries that call the C++ object ------------------------------------------
+
+namespace detail {
+
+template <class T>
+T& self_of(void* self) {
+  return *static_cast<T*>(self);
+}
+
+template <class T>
+cfamc_error* create(const cfamc_context* ctx, void** out_self) {
+  return guard([&] { *out_self = new T(Context(ctx)); });
+}
+
+template <class T>
+void destroy(void* self) {
+  delete static_cast<T*>(self);
+}
+
+template <class T>
+void named_tensors(void* self, const cfamc_tensor_visitor* visitor) {
+  constexpr bool is_attack = std::is_base_of_v<Attack, T>;
+  auto& module = self_of<T>(self);
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    cfamc_tensor* h = handle_of(item.value());
+    visitor->visit(visitor->self, is_attack ? CFAMC_ROLE_STATE : CFAMC_ROLE_PARAMETER, item.key().c_str(), h);
+    host().tensor_release(h);
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    cfamc_tensor* h = handle_of(item.value());
+    visitor->visit(visitor->self, is_attack ? CFAMC_ROLE_STATE : CFAMC_ROLE_BUFFER, item.key().c_str(), h);
+    host().tensor_release(h);
+  }
+}
+
+template <class T>
+void set_training(void* self, int32_t training) {
+  // Module::train cannot fail for a well-formed module; guard anyway so nothing escapes.
+  cfamc_error* e = guard([&] { self_of<T>(self).train(training != 0); });
+  if (e) host().error_release(e);
+}
+
+template <class T>
+cfamc_error* to_device(void* self, const char* device) {
+  return guard([&] { self_of<T>(self).to(torch::Device(device)); });
+}
+
+// Names that live as long as the object: the C table hands out borrowed arrays of them.
+struct NameList {
+  std::vector<std::string> owned;
+  std::vector<const char*> pointers;
+  size_t assign(std::vector<std::string> names, const char* const** out) {
+    owned = std::move(names);
+    pointers.clear();
+    for (const auto& n : owned) pointers.push_back(n.c_str());
+    *out = pointers.data();
+    return pointers.size();
+  }
+};
+
+template <class T>
+const cfamc_backbone_vtable* backbone_vtable() {
+  static const cfamc_backbone_vtable table = {
+      sizeof(cfamc_backbone_vtable), &create<T>, &destroy<T>, &named_tensors<T>, &set_training<T>,
+      &to_device<T>,
+      [](void* self) -> int64_t { return self_of<T>(self).feature_dim(); },
+      [](void* self) -> int32_t { return self_of<T>(self).num_branches(); },
+      [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) {
+        return guard([&] { *out = handle_of(self_of<T>(self).forward(tensor_of(x), branch)); });
+      }};
+  return &table;
+}
+
+// Objectives keep their name lists in a side object so that the borrowed arrays outlive the call.
+template <class T>
+struct ObjectiveBox {
+  T object;
+  NameList groups;
+  NameList attacked;
+  explicit ObjectiveBox(const Context& ctx) : object(ctx) {}
+};
+
+template <class T>
+T& objective_of(void* self) {
+  return static_cast<ObjectiveBox<T>*>(self)->object;
+}
+
+template <class T>
+const cfamc_objective_vtable* objective_vtable() {
+  using Box = ObjectiveBox<T>;
+  static const cfamc_objective_vtable table = {
+      sizeof(cfamc_objective_vtable),
+      &create<Box>,
+      &destroy<Box>,
+      [](void* self, const cfamc_tensor_visitor* visitor) { named_tensors<T>(&objective_of<T>(self), visitor); },
+      [](void* self, int32_t training) { set_training<T>(&objective_of<T>(self), training); },
+      [](void* self, const char* device) { return to_device<T>(&objective_of<T>(self), device); },
+      [](void* self, const char* const** out) -> size_t {
+        auto* box = static_cast<Box*>(self);
+        return box->groups.assign(box->object.view_groups(), out);
+      },
+      [](void* self, const char* const** out) -> size_t {
+        auto* box = static_cast<Box*>(self);
+        return box->attacked.assign(box->object.attacked_inputs(), out);
+      },
+      [](void* self, const cfamc_named_tensors* views, const cfamc_tensor* indices, const cfamc_tensor_sink* out) {
+        return guard([&] {
+          at::Tensor idx = indices ? tensor_of(indices) : at::Tensor();
+          put_all(out, objective_of<T>(self).prepare(to_map(views), idx));
+        });
+      },
+      [](void* self, const cfamc_encoder* encoder, const cfamc_named_tensors* clean,
+         const cfamc_named_tensors* adversarial, cfamc_phase phase, const cfamc_tensor_sink* log,
+         cfamc_tensor** out) {
+        return guard([&] {
+          TensorMap scalars;
+          at::Tensor loss =
+              objective_of<T>(self).loss(Encoder(encoder), to_map(clean), to_map(adversarial), phase, scalars);
+          if (log != nullptr) put_all(log, scalars);
+          *out = handle_of(loss);
+        });
+      },
+      [](void* self, const cfamc_tensor* features, cfamc_tensor** out) {
+        return guard([&] { *out = handle_of(objective_of<T>(self).represent(tensor_of(features))); });
+      },
+      [](void* self, int64_t feature_dim) -> int64_t {
+        return objective_of<T>(self).representation_dim(feature_dim);
+      }};
+  return &table;
+}
+
+template <class T>
+const cfamc_attack_vtable* attack_vtable() {
+  static const cfamc_attack_vtable table = {
+      sizeof(cfamc_attack_vtable), &create<T>, &destroy<T>, &named_tensors<T>, &set_training<T>, &to_device<T>,
+      [](void* self) -> int32_t { return self_of<T>(self).replays(); },
+      [](void* self, const cfamc_oracle* oracle, const cfamc_named_tensors* inputs, const cfamc_tensor_sink* out) {
+        return guard([&] { put_all(out, self_of<T>(self).perturb(Oracle(oracle), to_map(inputs))); });
+      },
+      [](void* self, const cfamc_named_tensors* grads) {
+        return guard([&] { self_of<T>(self).observe(to_map(grads)); });
+      }};
+  return &table;
+}
+
+template <class T>
+const cfamc_evaluator_vtable* evaluator_vtable() {
+  static const cfamc_evaluator_vtable table = {
+      sizeof(cfamc_evaluator_vtable), &create<T>, &destroy<T>, &named_tensors<T>, &set_training<T>, &to_device<T>,
+      [](void* self, const cfamc_eval_services* services) {
+        return guard([&] { self_of<T>(self).evaluate(EvalServices(services)); });
+      }};
+  return &table;
+}
+
+template <class T>
+const std::vector<cfamc_option_decl>& options_of() {
+  static const std::vector<cfamc_option_decl> declared = T::options();
+  return declared;
+}
+
+#define CFAMC_DETAIL_STR2(x) #x
+#define CFAMC_DETAIL_STR(x) CFAMC_DETAIL_STR2(x)
+
+inline cfamc_build_fingerprint fingerprint() {
+  return cfamc_build_fingerprint{sizeof(cfamc_build_fingerprint),
+                                 CFAMC_DETAIL_STR(TORCH_VERSION_MAJOR) "." CFAMC_DETAIL_STR(
+                                     TORCH_VERSION_MINOR) "." CFAMC_DETAIL_STR(TORCH_VERSION_PATCH),
+                                 CFAMC_TORCH_CUDA_VERSION, _GLIBCXX_USE_CXX11_ABI};
+}
+
+}  // namespace detail
+
+// The description of one component class T for CFAMC_PLUGIN. T derives from one of the four kinds and
+// has `static constexpr const char* name`, `summary`, and `static std::vector<cfamc_option_decl> options()`.
+template <class T>
+cfamc_component_desc component() {
+  const auto& options = detail::options_of<T>();
+  cfamc_component_desc desc{sizeof(cfamc_component_desc), CFAMC_KIND_BACKBONE, T::name, T::summary,
+                            options.data(), options.size(), nullptr};
+  if constexpr (std::is_base_of_v<Backbone, T>) {
+    desc.vtable = detail::backbone_vtable<T>();
+  } else if constexpr (std::is_base_of_v<Objective, T>) {
+    desc.kind = CFAMC_KIND_OBJECTIVE;
+    desc.vtable = detail::objective_vtable<T>();
+  } else if constexpr (std::is_base_of_v<Attack, T>) {
+    desc.kind = CFAMC_KIND_ATTACK;
+    desc.vtable = detail::attack_vtable<T>();
+  } else {
+    static_assert(std::is_base_of_v<Evaluator, T>, "a component derives from Backbone, Objective, Attack or Evaluator");
+    desc.kind = CFAMC_KIND_EVALUATOR;
+    desc.vtable = detail::evaluator_vtable<T>();
+  }
+  return desc;
+}
+
+}  // namespace cfamc
+
+// Exports the plugin: its name, version and component classes. Use once per library.
+#define CFAMC_PLUGIN(NAME, VERSION, ...)                                                               \
+  extern "C" CFAMC_EXPORT const cfamc_plugin_desc* cfamc_plugin_entry_v1(const cfamc_host_api* api) { \
+    ::cfamc::detail::g_host = api;                                                                     \
+    static const ::std::vector<cfamc_component_desc> components = {__VA_ARGS__};                       \
+    static const cfamc_plugin_desc desc = {                                                            \
+        sizeof(cfamc_plugin_desc), CFAMC_ABI_MAJOR, CFAMC_ABI_MINOR, NAME, VERSION,                    \
+        ::cfamc::detail::fingerprint(), components.data(), components.size()};                         \
+    return &desc;                                                                                      \
+  }
