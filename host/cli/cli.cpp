@@ -65,7 +65,7 @@ struct Resolved {
 Resolved resolve(const Options& options) {
   const RunFile run_file = load_run_file(options.config, options.overrides);
   RunConfig config = resolve_host_sections(run_file);
-  Registry registry = Registry::discover(plugin_search_path(config.plugin_paths));
+  Registry registry = Registry::discover(plugin_search_path(config.plugin_paths), host_api());
   resolve_components(config, run_file, registry);
   return Resolved{std::move(config), std::move(registry)};
 }
@@ -115,7 +115,7 @@ int dispatch(const Options& options) {
   if (options.list_plugins || options.reference) {
     std::vector<std::string> paths;
     if (!options.config.empty()) paths = resolve_host_sections(load_run_file(options.config, options.overrides)).plugin_paths;
-    const Registry registry = Registry::discover(plugin_search_path(paths));
+    const Registry registry = Registry::discover(plugin_search_path(paths), host_api());
     if (options.reference) std::cout << config_reference(registry);
     else if (options.json) std::cout << plugins_json(registry).dump(2) << "\n";
     else std::cout << plugins_table(registry);

@@ -63,6 +63,9 @@ std::optional<double> as_real(const toml::node& node) {
   return std::nullopt;
 }
 
+// Values from --set carry no source position.
+bool from_command_line(const toml::node& node) { return node.source().begin.line == 0; }
+
 // The value of `node` converted to `type`, or nullopt when it does not fit.
 std::optional<toml::table> coerce(const toml::node& node, cfamc_option_type type) {
   toml::table out;
@@ -76,8 +79,16 @@ std::optional<toml::table> coerce(const toml::node& node, cfamc_option_type type
       out.insert("v", node);
       break;
     case CFAMC_OPTION_STRING:
-      if (!node.is_string()) return std::nullopt;
-      out.insert("v", node);
+      if (node.is_string()) {
+        out.insert("v", node);
+      } else if (from_command_line(node) && (node.is_number() || node.is_boolean())) {
+        // `--set run.dir=2024` reads as a number; a string option takes its text.
+        std::ostringstream text;
+        node.visit([&](const auto& value) { text << value; });
+        out.insert("v", text.str());
+      } else {
+        return std::nullopt;
+      }
       break;
     case CFAMC_OPTION_FLOAT: {
       auto v = as_real(node);
@@ -124,8 +135,10 @@ const char* type_name(cfamc_option_type type) {
   return "unknown type";
 }
 
-std::string location_of(const toml::node& node, const std::string& file) {
-  const auto& begin = node.source().begin;
+std::string location_of(const toml::node& node, const std::string& file) { return location_of(node.source(), file); }
+
+std::string location_of(const toml::source_region& source, const std::string& file) {
+  const auto& begin = source.begin;
   if (begin.line == 0) return "--set";
   std::ostringstream out;
   out << file << ':' << begin.line << ':' << begin.column;
@@ -169,7 +182,7 @@ toml::table resolve_options(const toml::table& given, const Schema& schema, cons
     }
     auto spec = std::find_if(schema.begin(), schema.end(), [&](const OptionSpec& s) { return s.name == name; });
     if (spec == schema.end()) {
-      std::string message = location_of(node, file) + ": unknown key '" + section + "." + name + "'";
+      std::string message = location_of(key.source(), file) + ": unknown key '" + section + "." + name + "'";
       if (auto guess = nearest(name, known)) message += "; did you mean '" + *guess + "'?";
       else message += " (known: " + [&] {
         std::string list;

@@ -24,6 +24,7 @@ const char* type_name(cfamc_option_type type);
 
 // "file:line:column" of a node, or "--set" for a value that came from the command line.
 std::string location_of(const toml::node& node, const std::string& file);
+std::string location_of(const toml::source_region& source, const std::string& file);
 
 // The closest of `candidates` to `key` by edit distance, if close enough to be a plausible typo.
 std::optional<std::string> nearest(const std::string& key, const std::vector<std::string>& candidates);

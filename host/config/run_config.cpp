@@ -78,7 +78,7 @@ RunConfig resolve_host_sections(const RunFile& run_file) {
   for (const auto& [key, node] : run_file.table) {
     const std::string name(key.str());
     if (std::find(kSections.begin(), kSections.end(), name) == kSections.end()) {
-      std::string message = location_of(node, run_file.file) + ": unknown section '" + name + "'";
+      std::string message = location_of(key.source(), run_file.file) + ": unknown section '" + name + "'";
       if (auto guess = nearest(name, kSections)) message += "; did you mean '" + *guess + "'?";
       fail(ExitCode::usage, message);
     }

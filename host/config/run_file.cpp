@@ -22,12 +22,10 @@ bool is_index(const std::string& s) {
 }
 
 // The value an override assigns: a TOML literal when the text is one, a string otherwise.
-toml::table override_value(const std::string& text, const toml::node* existing) {
-  if (existing == nullptr || !existing->is_string()) {
-    try {
-      return parse_literal(text);
-    } catch (const std::invalid_argument&) {
-    }
+toml::table override_value(const std::string& text) {
+  try {
+    return parse_literal(text);
+  } catch (const std::invalid_argument&) {
   }
   toml::table out;
   out.insert("v", text);
@@ -62,8 +60,11 @@ void apply_override(toml::table& table, const std::string& assignment) {
   }
   auto* tbl = current->as_table();
   const std::string& leaf = parts.back();
-  if (tbl == nullptr || leaf.empty()) fail(ExitCode::usage, "--set " + path + ": does not name a key of a table");
-  toml::table value = override_value(assignment.substr(eq + 1), tbl->get(leaf));
+  if (tbl == nullptr) {
+    fail(ExitCode::usage, "--set " + path + ": '" + parts[parts.size() - 2] + "' is a value, not a table");
+  }
+  if (leaf.empty()) fail(ExitCode::usage, "--set '" + assignment + "': empty key segment in '" + path + "'");
+  toml::table value = override_value(assignment.substr(eq + 1));
   tbl->insert_or_assign(leaf, *value.get("v"));
 }
 

@@ -20,9 +20,9 @@ struct RunFile {
 RunFile load_run_file(const std::filesystem::path& path, const std::vector<std::string>& overrides);
 
 // Applies one "a.b.c=value" override. `value` is read as a TOML value ("3", "0.5", "true", "[1, 2]",
-// "\"x\"") and otherwise as a bare string, so `--set attack.plugin=fgsm_rs` needs no quotes. Where the
-// key already holds a string, the text is kept as a string whatever it looks like. A numeric segment
-// indexes an array of tables: `evaluate.0.k=10`.
+// "\"x\"") and otherwise as a bare string, so `--set attack.plugin=fgsm_rs` needs no quotes; a string
+// option given a number this way takes its text (resolve_options). A numeric segment indexes an array of
+// tables: `evaluate.0.k=10`.
 void apply_override(toml::table& table, const std::string& assignment);
 
 }  // namespace cfamc::host

@@ -5,7 +5,6 @@
 #include <system_error>
 
 #include "failure.hpp"
-#include "plugins/context.hpp"
 
 namespace cfamc::host {
 namespace {
@@ -85,7 +84,7 @@ const char* kind_name(cfamc_kind kind) {
   return "unknown";
 }
 
-std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& file) {
+std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& file, const cfamc_host_api* api) {
   std::shared_ptr<PluginLibrary> plugin(new PluginLibrary());
   plugin->file_ = file;
   const std::string where = "plugin " + file.string();
@@ -110,7 +109,7 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& 
     fail(ExitCode::plugin, where + ": not a cfamc plugin (no " CFAMC_PLUGIN_ENTRY_SYMBOL " symbol)");
   }
   auto entry = plugin->library_.get<const cfamc_plugin_desc*(const cfamc_host_api*)>(CFAMC_PLUGIN_ENTRY_SYMBOL);
-  const cfamc_plugin_desc* desc = entry(host_api());
+  const cfamc_plugin_desc* desc = entry(api);
   if (desc == nullptr || desc->struct_size < offsetof(cfamc_plugin_desc, num_components) + sizeof(size_t)) {
     fail(ExitCode::plugin, where + ": its entry point returned no usable description");
   }

@@ -44,8 +44,9 @@ struct ComponentInfo {
 class PluginLibrary {
  public:
   // Loads `file` (RTLD_NOW | RTLD_LOCAL), calls its entry point and checks the ABI version, the build
-  // fingerprint and every component table. Throws Failure(plugin) naming the file and the problem.
-  static std::shared_ptr<PluginLibrary> load(const std::filesystem::path& file);
+  // fingerprint and every component table. `api` is what the plugin calls back into (the host's
+  // host_api()). Throws Failure(plugin) naming the file and the problem.
+  static std::shared_ptr<PluginLibrary> load(const std::filesystem::path& file, const cfamc_host_api* api);
 
   const std::filesystem::path& file() const { return file_; }
   const std::string& name() const { return name_; }

@@ -45,7 +45,7 @@ std::vector<fs::path> plugin_search_path(const std::vector<std::string>& run_fil
   return path;
 }
 
-Registry Registry::discover(const std::vector<fs::path>& search_path) {
+Registry Registry::discover(const std::vector<fs::path>& search_path, const cfamc_host_api* api) {
   Registry registry;
   registry.search_path_ = search_path;
   std::set<fs::path> seen;
@@ -54,7 +54,7 @@ Registry Registry::discover(const std::vector<fs::path>& search_path) {
       std::error_code ec;
       const fs::path canonical = fs::canonical(file, ec);
       if (!seen.insert(ec ? file : canonical).second) continue;
-      registry.add(PluginLibrary::load(file));
+      registry.add(PluginLibrary::load(file, api));
     }
   }
   return registry;

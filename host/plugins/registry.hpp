@@ -19,7 +19,7 @@ class Registry {
  public:
   // Loads every plugin found on `search_path`. Two components of the same kind and name: Failure(plugin)
   // naming both files. A path that does not exist is skipped (logged at debug level).
-  static Registry discover(const std::vector<std::filesystem::path>& search_path);
+  static Registry discover(const std::vector<std::filesystem::path>& search_path, const cfamc_host_api* api);
 
   // The component `name` of `kind`; Failure(plugin) naming the kind, the name, the nearest known name
   // and the search path when there is none.

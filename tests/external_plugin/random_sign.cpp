@@ -1,0 +1,33 @@
+// An attack written outside the cfamc tree: x + epsilon * s with a random sign s per pixel, clamped to
+// [0,1]. A baseline every real attack should beat.
+#include <cfamc/plugin.hpp>
+
+#include <torch/torch.h>
+
+class RandomSign : public cfamc::Attack {
+ public:
+  static constexpr const char* name = "random_sign";
+  static constexpr const char* summary = "random +-epsilon per pixel (a baseline)";
+  static std::vector<cfamc_option_decl> options() {
+    return {cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "perturbation size, in pixel units")};
+  }
+
+  explicit RandomSign(const cfamc::Context& ctx)
+      : Attack(ctx), epsilon_(ctx.real("epsilon")), generator_(at::detail::createCPUGenerator(ctx.seed())) {}
+
+  cfamc::TensorMap perturb(const cfamc::Oracle&, const cfamc::TensorMap& inputs) override {
+    cfamc::TensorMap out;
+    for (const auto& item : inputs) {
+      const at::Tensor& x = item.value();
+      const at::Tensor sign = torch::empty(x.sizes()).bernoulli_(0.5, generator_).mul_(2).sub_(1);
+      out.insert(item.key(), (x + epsilon_ * sign.to(x.device())).clamp(0, 1).detach());
+    }
+    return out;
+  }
+
+ private:
+  double epsilon_;
+  at::Generator generator_;
+};
+
+CFAMC_PLUGIN("random_sign", "1.0.0", cfamc::component<RandomSign>())

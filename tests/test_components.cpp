@@ -1,0 +1,287 @@
+// Every plugin kind driven by the host through its C table, with real plugins and real tensors:
+// backbone forward/backward, objective loss reaching the backbone, attacks against an oracle, an
+// evaluator using host services, and errors thrown inside plugins.
+#include <catch2/catch.hpp>
+
+#include <torch/torch.h>
+
+#include "config/options.hpp"
+#include "eval/eval_services.hpp"
+#include "failure.hpp"
+#include "plugins/components.hpp"
+#include "plugins/tensor_handle.hpp"
+#include "support.hpp"
+
+using namespace cfamc::host;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const Registry& registry() {
+  static const Registry instance = Registry::discover(
+      {CFAMC_PLUGIN_BUILD_DIR, cfamc::test::test_plugin("c_shift"), cfamc::test::test_plugin("throwing")}, host_api());
+  return instance;
+}
+
+// A component of `kind` named `name`, its options `toml` validated and defaulted as the host does.
+template <class K>
+std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "",
+                        int64_t feature_dim = 0) {
+  const ComponentInfo& info = registry().find(kind, name);
+  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, "cpu", feature_dim};
+  return instantiate<K>(registry(), info, std::move(setup));
+}
+
+std::unique_ptr<Backbone> convnet(const std::string& toml = "width = 8") {
+  return make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", toml);
+}
+
+int64_t count(const std::vector<at::Tensor>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.numel();
+  return n;
+}
+
+// The oracle an attack gets during pre-training: the objective's attack-phase loss.
+struct ObjectiveOracle {
+  const Objective& objective;
+  const Backbone& backbone;
+  const TensorMap& clean;
+  int calls = 0;
+
+  cfamc_oracle get() {
+    return cfamc_oracle{sizeof(cfamc_oracle), this,
+                        [](void* self, const cfamc_named_tensors* inputs, cfamc_tensor** out) -> cfamc_error* {
+                          auto* o = static_cast<ObjectiveOracle*>(self);
+                          ++o->calls;
+                          const LossResult r = o->objective.loss(o->backbone, o->clean, to_map(inputs), CFAMC_PHASE_ATTACK);
+                          *out = make_handle(r.loss);
+                          return nullptr;
+                        },
+                        nullptr, nullptr};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("convnet: output shape, parameter count, gradients reach every parameter", "[backbone]") {
+  auto backbone = convnet("width = 8");
+  CHECK(backbone->feature_dim() == 32);
+  // conv 3x3 weights 3*8*9 + 8*16*9 + 16*32*9, BatchNorm weight and bias 2*(8+16+32)
+  CHECK(count(backbone->parameters()) == 216 + 1152 + 4608 + 112);
+  const at::Tensor x = torch::rand({4, 3, 16, 16});
+  const at::Tensor features = backbone->forward(x);
+  REQUIRE(features.sizes() == at::IntArrayRef({4, 32}));
+  features.pow(2).sum().backward();
+  for (const auto& p : backbone->parameters()) {
+    REQUIRE(p.grad().defined());
+    CHECK(p.grad().abs().sum().item<double>() > 0);
+  }
+}
+
+TEST_CASE("convnet: BatchNorm branches are separate sets, chosen per forward", "[backbone]") {
+  auto backbone = convnet("width = 8\nbranches = 2");
+  CHECK(backbone->num_branches() == 2);
+  CHECK(count(backbone->parameters()) == 216 + 1152 + 4608 + 2 * 112);
+  auto running_mean = [&](int branch) {
+    for (const auto& t : backbone->named_tensors())
+      if (t.role == CFAMC_ROLE_BUFFER && t.name == "bn0." + std::to_string(branch) + ".running_mean") return t.tensor.clone();
+    FAIL("no running mean for branch " << branch);
+    return at::Tensor();
+  };
+  const at::Tensor before0 = running_mean(0), before1 = running_mean(1);
+  backbone->set_training(true);
+  backbone->forward(torch::rand({4, 3, 8, 8}), 1);
+  CHECK(torch::equal(running_mean(0), before0));
+  CHECK_FALSE(torch::equal(running_mean(1), before1));
+  CHECK_THROWS_WITH(backbone->forward(torch::rand({2, 3, 8, 8}), 2), Contains("no BatchNorm branch 2"));
+}
+
+TEST_CASE("convnet: normalisation inside and bad inputs are errors", "[backbone]") {
+  CHECK_THROWS_WITH(convnet("mean = [0.5]\nstd = [0.5]"), Contains("one value per input channel"));
+  auto normalised = convnet("width = 4\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]");
+  bool has_mean = false;
+  for (const auto& t : normalised->named_tensors()) has_mean |= (t.name == "mean" && t.role == CFAMC_ROLE_BUFFER);
+  CHECK(has_mean);
+  try {
+    normalised->forward(torch::rand({2, 1, 8, 8}));
+    FAIL("a one-channel image went through a three-channel backbone");
+  } catch (const Failure& e) {
+    CHECK(e.code() == ExitCode::plugin);
+    CHECK_THAT(std::string(e.what()), Contains("plugin 'convnet' (convnet): convnet: expected float images [N, 3, H, W]"));
+  }
+}
+
+TEST_CASE("the same seed gives the same initial weights", "[backbone]") {
+  auto a = convnet(), b = convnet();
+  const auto pa = a->parameters(), pb = b->parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pb[i]));
+}
+
+TEST_CASE("simclr: views split, loss has a graph reaching backbone and head", "[objective]") {
+  auto backbone = convnet();
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim());
+  CHECK(simclr->view_groups() == std::vector<std::string>{"views"});
+  CHECK(simclr->attacked_inputs() == std::vector<std::string>{"view2"});
+  TensorMap views;
+  views.insert("views", torch::rand({2 * 6, 3, 8, 8}));
+  const TensorMap inputs = simclr->prepare(views, torch::arange(6));
+  REQUIRE(inputs.size() == 2);
+  CHECK(torch::equal(inputs["view2"], views["views"].slice(0, 6, 12)));
+
+  const LossResult result = simclr->loss(*backbone, inputs, {}, CFAMC_PHASE_TRAIN);
+  REQUIRE(result.loss.dim() == 0);
+  CHECK(result.scalars.contains("nt_xent"));
+  result.loss.backward();
+  for (const auto& p : backbone->parameters()) CHECK(p.grad().defined());
+  const auto head = simclr->parameters();
+  REQUIRE_FALSE(head.empty());
+  for (const auto& p : head) CHECK(p.grad().defined());
+}
+
+TEST_CASE("simclr: matching views give a lower loss than unrelated ones", "[objective]") {
+  auto backbone = convnet();
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim());
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = torch::rand({16, 3, 8, 8});
+  TensorMap same, different;
+  same.insert("view1", x);
+  same.insert("view2", x);
+  different.insert("view1", x);
+  different.insert("view2", torch::rand({16, 3, 8, 8}));
+  const double same_loss = simclr->loss(*backbone, same, {}, CFAMC_PHASE_TRAIN).loss.item<double>();
+  const double different_loss = simclr->loss(*backbone, different, {}, CFAMC_PHASE_TRAIN).loss.item<double>();
+  CHECK(same_loss < different_loss);
+}
+
+TEST_CASE("pgd against the objective's oracle: inside the ball and [0,1], loss not lower", "[attack]") {
+  auto backbone = convnet();
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim());
+  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 5");
+  CHECK(pgd->replays() == 1);
+  TensorMap clean;
+  clean.insert("view1", torch::rand({8, 3, 8, 8}));
+  clean.insert("view2", torch::rand({8, 3, 8, 8}));
+  TensorMap attacked;
+  attacked.insert("view2", clean["view2"]);
+  ObjectiveOracle oracle{*simclr, *backbone, clean};
+  const cfamc_oracle c_oracle = oracle.get();
+  const TensorMap adversarial = pgd->perturb(c_oracle, attacked);
+  CHECK(oracle.calls == 5);
+  const at::Tensor delta = adversarial["view2"] - clean["view2"];
+  CHECK(delta.abs().max().item<double>() <= 8.0 / 255 + 1e-6);
+  CHECK(adversarial["view2"].min().item<double>() >= 0);
+  CHECK(adversarial["view2"].max().item<double>() <= 1);
+  CHECK_FALSE(adversarial["view2"].requires_grad());
+  torch::NoGradGuard no_grad;
+  const double clean_loss = simclr->loss(*backbone, clean, attacked, CFAMC_PHASE_ATTACK).loss.item<double>();
+  const double attacked_loss = simclr->loss(*backbone, clean, adversarial, CFAMC_PHASE_ATTACK).loss.item<double>();
+  CHECK(attacked_loss >= clean_loss);
+}
+
+TEST_CASE("pgd: zero steps from a zero start is the identity; L2 stays in its ball", "[attack]") {
+  auto backbone = convnet();
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim());
+  TensorMap clean;
+  clean.insert("view1", torch::rand({4, 3, 8, 8}));
+  clean.insert("view2", torch::rand({4, 3, 8, 8}));
+  TensorMap attacked;
+  attacked.insert("view2", clean["view2"]);
+  ObjectiveOracle oracle{*simclr, *backbone, clean};
+  const cfamc_oracle c_oracle = oracle.get();
+
+  auto identity = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 0\nrandom_start = false");
+  CHECK(torch::equal(identity->perturb(c_oracle, attacked)["view2"], clean["view2"]));
+
+  auto l2 = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3\nnorm = \"l2\"\nepsilon = 0.5\nstep_size = 0.2");
+  const at::Tensor delta = l2->perturb(c_oracle, attacked)["view2"] - clean["view2"];
+  CHECK(delta.flatten(1).norm(2, 1).max().item<double>() <= 0.5 + 1e-5);
+  CHECK(delta.abs().max().item<double>() > 0);
+}
+
+TEST_CASE("a plain C plugin works on host tensors through DLPack", "[attack][dlpack]") {
+  auto shift = make<Attack>(CFAMC_KIND_ATTACK, "c_shift", "epsilon = 0.25");
+  // A non-contiguous input: the plugin must honour strides.
+  const at::Tensor x = torch::rand({3, 2, 4, 5}).transpose(2, 3);
+  TensorMap inputs;
+  inputs.insert("x", x);
+  const cfamc_oracle no_oracle{sizeof(cfamc_oracle), nullptr, nullptr, nullptr, nullptr};
+  const at::Tensor out = shift->perturb(no_oracle, inputs)["x"];
+  CHECK(out.sizes() == x.sizes());
+  CHECK(torch::allclose(out, (x + 0.25).clamp(0, 1)));
+}
+
+TEST_CASE("knn through the evaluator services reports accuracy of a separable problem", "[evaluator]") {
+  auto backbone = convnet();
+  auto knn = make<Evaluator>(CFAMC_KIND_EVALUATOR, "knn", "k = 5\nbatch_size = 16", backbone->feature_dim());
+  // Two classes that differ in colour: red-dominant and green-dominant images.
+  auto images = [](int64_t n, int64_t cls) {
+    at::Tensor x = torch::randint(0, 60, {n, 3, 8, 8}, torch::kUInt8);
+    x.select(1, cls).add_(180);
+    return x;
+  };
+  auto split = [&](int64_t n) {
+    return DatasetSplit{torch::cat({images(n, 0), images(n, 1)}),
+                        torch::cat({torch::zeros({n}, torch::kLong), torch::ones({n}, torch::kLong)})};
+  };
+  cfamc::test::TempDir dir;
+  EvalServices services(*backbone, nullptr, {{"train", split(40)}, {"test", split(20)}}, {}, dir.path());
+  backbone->set_training(true);
+  knn->evaluate(*services.get());
+  REQUIRE(services.metrics().contains("accuracy"));
+  const double accuracy = services.metrics()["accuracy"].get<double>();
+  CHECK(accuracy >= 0.9);
+  CHECK(accuracy <= 1.0);
+}
+
+TEST_CASE("evaluator services: attacks by id, nested reports, artifact paths", "[evaluator]") {
+  auto backbone = convnet();
+  auto shift = make<Attack>(CFAMC_KIND_ATTACK, "c_shift", "epsilon = 0.5");
+  cfamc::test::TempDir dir;
+  EvalServices services(*backbone, nullptr, {}, {{"shift", shift.get()}}, dir.path());
+  const cfamc_eval_services* s = services.get();
+  REQUIRE(s->num_attacks(s->self) == 1);
+  CHECK(std::string(s->attack_id(s->self, 0)) == "shift");
+  cfamc_tensor x{torch::zeros({1, 3, 2, 2})};
+  cfamc_tensor* out = nullptr;
+  const cfamc_oracle no_oracle{sizeof(cfamc_oracle), nullptr, nullptr, nullptr, nullptr};
+  REQUIRE(s->attack(s->self, "shift", &no_oracle, &x, &out) == nullptr);
+  CHECK(adopt(out).min().item<double>() == Approx(0.5));
+  cfamc_error* error = s->attack(s->self, "nope", &no_oracle, &x, &out);
+  REQUIRE(error != nullptr);
+  CHECK_THAT(host_api()->error_message(error), Contains("no attack 'nope'"));
+  host_api()->error_release(error);
+  s->report(s->self, "robust_accuracy/shift", 0.25);
+  CHECK(services.metrics()["robust_accuracy"]["shift"].get<double>() == Approx(0.25));
+  char path[512];
+  s->artifact_path(s->self, "curve.csv", path, sizeof(path));
+  CHECK(std::string(path) == (dir.path() / "curve.csv").string());
+  cfamc_tensor* images = nullptr;
+  cfamc_tensor* labels = nullptr;
+  error = s->dataset(s->self, "validation", &images, &labels);
+  REQUIRE(error != nullptr);
+  host_api()->error_release(error);
+}
+
+TEST_CASE("exceptions inside plugins come back as errors naming the plugin", "[abi]") {
+  try {
+    make<Backbone>(CFAMC_KIND_BACKBONE, "throws_in_create");
+    FAIL("create did not fail");
+  } catch (const Failure& e) {
+    CHECK(e.code() == ExitCode::plugin);
+    CHECK_THAT(std::string(e.what()), Contains("plugin 'throws_in_create'"));
+    CHECK_THAT(std::string(e.what()), Contains("boom in the constructor"));
+  }
+  auto throws = make<Backbone>(CFAMC_KIND_BACKBONE, "throws_in_forward");
+  CHECK_THROWS_WITH(throws->forward(torch::rand({1, 3, 4, 4})), Contains("boom in forward"));
+  auto throws_int = make<Evaluator>(CFAMC_KIND_EVALUATOR, "throws_int");
+  auto backbone = convnet();
+  cfamc::test::TempDir dir;
+  EvalServices services(*backbone, nullptr, {}, {}, dir.path());
+  CHECK_THROWS_WITH(throws_int->evaluate(*services.get()), Contains("unknown exception"));
+}

@@ -1,0 +1,164 @@
+// The run file: TOML syntax errors, strict keys with suggestions, types with locations, --set, fractions.
+#include <catch2/catch.hpp>
+
+#include "config/options.hpp"
+#include "config/run_config.hpp"
+#include "config/run_file.hpp"
+#include "failure.hpp"
+#include "support.hpp"
+
+using namespace cfamc::host;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const Schema kSchema = {
+    {"steps", CFAMC_OPTION_INT, "10", "steps"},
+    {"epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "radius"},
+    {"norm", CFAMC_OPTION_STRING, "\"linf\"", "norm"},
+    {"sizes", CFAMC_OPTION_FLOAT_LIST, "[0.08, 1]", "scale range"},
+    {"random_start", CFAMC_OPTION_BOOL, "true", "start"},
+    {"target", CFAMC_OPTION_STRING, std::nullopt, "required"},
+};
+
+toml::table parse(const std::string& text) { return toml::parse(std::string_view(text), std::string_view("run.toml")); }
+
+std::string failure_of(const std::function<void()>& body, ExitCode expected = ExitCode::usage) {
+  try {
+    body();
+  } catch (const Failure& e) {
+    CHECK(e.code() == expected);
+    return e.what();
+  }
+  FAIL("no Failure thrown");
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("malformed TOML names file, line and column", "[run_file]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("bad.toml", "[run]\nseed = 1\ndir = \"unterminated\n");
+  const std::string message = failure_of([&] { load_run_file(file, {}); });
+  CHECK_THAT(message, Contains("bad.toml:3:"));
+  CHECK_THAT(message, Contains("malformed TOML"));
+}
+
+TEST_CASE("a missing run file is a clear usage error", "[run_file]") {
+  const std::string message = failure_of([] { load_run_file("/nonexistent/run.toml", {}); });
+  CHECK_THAT(message, Contains("/nonexistent/run.toml"));
+}
+
+TEST_CASE("options: defaults filled, fractions become floats", "[run_file]") {
+  const toml::table given = parse("target = \"x\"\nepsilon = \"4/255\"\nsizes = [\"1/4\", 1]\n");
+  const toml::table resolved = resolve_options(given, kSchema, "attack", "run.toml");
+  CHECK(resolved["steps"].value<int64_t>() == 10);
+  CHECK(resolved["epsilon"].value<double>() == Approx(4.0 / 255));
+  CHECK(resolved["sizes"][0].value<double>() == Approx(0.25));
+  CHECK(resolved["sizes"][1].value<double>() == Approx(1.0));
+  CHECK(resolved["norm"].value<std::string>() == "linf");
+  CHECK(resolved["random_start"].value<bool>() == true);
+}
+
+TEST_CASE("options: an unknown key suggests the nearest declared one", "[run_file]") {
+  const toml::table given = parse("target = \"x\"\n\nstpes = 3\n");
+  const std::string message = failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); });
+  CHECK_THAT(message, Contains("run.toml:3:1"));
+  CHECK_THAT(message, Contains("unknown key 'attack.stpes'"));
+  CHECK_THAT(message, Contains("did you mean 'steps'?"));
+}
+
+TEST_CASE("options: a wrong type names key, file, line and column", "[run_file]") {
+  const toml::table given = parse("target = \"x\"\nsteps = \"ten\"\n");
+  const std::string message = failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); });
+  CHECK_THAT(message, Contains("run.toml:2:9"));
+  CHECK_THAT(message, Contains("attack.steps: expected integer, got a string"));
+}
+
+TEST_CASE("options: a float option rejects text that is no number or fraction", "[run_file]") {
+  const toml::table given = parse("target = \"x\"\nepsilon = \"8/zero\"\n");
+  CHECK_THAT(failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); }), Contains("attack.epsilon"));
+  const toml::table zero = parse("target = \"x\"\nepsilon = \"8/0\"\n");
+  CHECK_THROWS_AS(resolve_options(zero, kSchema, "attack", "run.toml"), Failure);
+}
+
+TEST_CASE("options: a missing required option is named", "[run_file]") {
+  const std::string message = failure_of([] { resolve_options(toml::table{}, kSchema, "attack", "run.toml"); });
+  CHECK_THAT(message, Contains("attack.target"));
+  CHECK_THAT(message, Contains("required"));
+}
+
+TEST_CASE("set: overrides with TOML typing, bare strings and array indices", "[run_file]") {
+  toml::table t = parse("[attack]\nplugin = \"pgd\"\nsteps = 5\n[[evaluate]]\nplugin = \"knn\"\n");
+  apply_override(t, "attack.steps=20");
+  apply_override(t, "attack.plugin=fgsm_rs");
+  apply_override(t, "attack.epsilon=\"4/255\"");
+  apply_override(t, "evaluate.0.k=7");
+  apply_override(t, "run.seed=3");
+  CHECK(t["attack"]["steps"].value<int64_t>() == 20);
+  CHECK(t["attack"]["plugin"].value<std::string>() == "fgsm_rs");
+  CHECK(t["attack"]["epsilon"].value<std::string>() == "4/255");
+  CHECK(t["evaluate"][0]["k"].value<int64_t>() == 7);
+  CHECK(t["run"]["seed"].value<int64_t>() == 3);
+  // A string option given a number from the command line takes its text.
+  toml::table options = parse("target = \"x\"\n");
+  apply_override(options, "norm=123");
+  CHECK(resolve_options(options, kSchema, "attack", "run.toml")["norm"].value<std::string>() == "123");
+}
+
+TEST_CASE("set: rejects malformed assignments", "[run_file]") {
+  toml::table t = parse("[attack]\nsteps = 5\n[[evaluate]]\nplugin = \"knn\"\n");
+  CHECK_THAT(failure_of([&] { apply_override(t, "attack.steps"); }), Contains("expected KEY=VALUE"));
+  CHECK_THAT(failure_of([&] { apply_override(t, "evaluate.3.k=1"); }), Contains("not an index"));
+  CHECK_THAT(failure_of([&] { apply_override(t, "attack.steps.x=1"); }), Contains("'steps' is a value, not a table"));
+}
+
+TEST_CASE("values set from the command line are located as --set", "[run_file]") {
+  toml::table t = parse("target = \"x\"\n");
+  apply_override(t, "steps=\"many\"");
+  CHECK_THAT(failure_of([&] { resolve_options(t, kSchema, "attack", "run.toml"); }), Contains("--set: attack.steps"));
+}
+
+TEST_CASE("host sections: unknown section suggests, required components are demanded", "[run_file]") {
+  cfamc::test::TempDir dir;
+  const auto typo = dir.write("typo.toml", "[backbone]\nplugin = \"convnet\"\n[objective]\nplugin = \"simclr\"\n[atack]\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(typo, {})); }), Contains("did you mean 'attack'?"));
+  const auto missing = dir.write("missing.toml", "[backbone]\nplugin = \"convnet\"\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(missing, {})); }), Contains("missing section [objective]"));
+  const auto no_plugin = dir.write("noplugin.toml", "[backbone]\nwidth = 3\n[objective]\nplugin = \"simclr\"\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(no_plugin, {})); }), Contains("plugin = \""));
+}
+
+TEST_CASE("host sections: evaluator ids default to the plugin name and must be unique", "[run_file]") {
+  cfamc::test::TempDir dir;
+  const std::string head = "[backbone]\nplugin = \"convnet\"\n[objective]\nplugin = \"simclr\"\n";
+  const auto two = dir.write("two.toml", head + "[[evaluate]]\nplugin = \"knn\"\n[[evaluate]]\nplugin = \"knn\"\nid = \"knn_k200\"\n");
+  const RunConfig config = resolve_host_sections(load_run_file(two, {}));
+  REQUIRE(config.components.size() == 4);
+  CHECK(config.components[2].id == "knn");
+  CHECK(config.components[3].id == "knn_k200");
+  CHECK(config.components[3].label == "evaluate.knn_k200");
+  const auto clash = dir.write("clash.toml", head + "[[evaluate]]\nplugin = \"knn\"\n[[evaluate]]\nplugin = \"knn\"\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(clash, {})); }), Contains("two [[evaluate]] entries with id 'knn'"));
+}
+
+TEST_CASE("host sections: [run] is validated like any table", "[run_file]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("run.toml", "[run]\nseed = \"zero\"\n[backbone]\nplugin = \"convnet\"\n[objective]\nplugin = \"simclr\"\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(file, {})); }), Contains("run.seed: expected integer"));
+  const RunConfig config = resolve_host_sections(load_run_file(file, {"run.seed=4", "run.dir=out"}));
+  CHECK(config.seed == 4);
+  CHECK(config.dir == "out");
+  CHECK(config.device == "auto");
+}
+
+TEST_CASE("component seeds differ by label and follow the run seed", "[run_file]") {
+  CHECK(component_seed(0, "backbone") != component_seed(0, "attack"));
+  CHECK(component_seed(0, "backbone") != component_seed(1, "backbone"));
+  CHECK(component_seed(7, "backbone") == component_seed(7, "backbone"));
+}
+
+TEST_CASE("nearest suggests only plausible typos", "[run_file]") {
+  CHECK(nearest("stpes", {"steps", "epsilon"}) == std::optional<std::string>("steps"));
+  CHECK_FALSE(nearest("completely_different", {"steps", "epsilon"}).has_value());
+}
