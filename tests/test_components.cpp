@@ -26,9 +26,9 @@ const Registry& registry() {
 // A component of `kind` named `name`, its options `toml` validated and defaulted as the host does.
 template <class K>
 std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "",
-                        int64_t feature_dim = 0) {
+                        int64_t feature_dim = 0, const std::string& device = "cpu") {
   const ComponentInfo& info = registry().find(kind, name);
-  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, "cpu", feature_dim};
+  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, device, feature_dim};
   return instantiate<K>(registry(), info, std::move(setup));
 }
 
@@ -284,4 +284,31 @@ TEST_CASE("exceptions inside plugins come back as errors naming the plugin", "[a
   cfamc::test::TempDir dir;
   EvalServices services(*backbone, nullptr, {}, {}, dir.path());
   CHECK_THROWS_WITH(throws_int->evaluate(*services.get()), Contains("unknown exception"));
+}
+
+TEST_CASE("on a CUDA device: backbone, objective and attack keep tensors on the GPU", "[cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device here: this test checks nothing on this machine");
+    return;
+  }
+  auto backbone = make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8", 0, "cuda:0");
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim(), "cuda:0");
+  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3", 0, "cuda:0");
+  for (const auto& p : backbone->parameters()) CHECK(p.is_cuda());
+  for (const auto& p : simclr->parameters()) CHECK(p.is_cuda());
+  TensorMap clean;
+  clean.insert("view1", torch::rand({8, 3, 16, 16}, torch::kCUDA));
+  clean.insert("view2", torch::rand({8, 3, 16, 16}, torch::kCUDA));
+  TensorMap attacked;
+  attacked.insert("view2", clean["view2"]);
+  ObjectiveOracle oracle{*simclr, *backbone, clean};
+  const cfamc_oracle c_oracle = oracle.get();
+  const TensorMap adversarial = pgd->perturb(c_oracle, attacked);
+  REQUIRE(adversarial["view2"].is_cuda());
+  CHECK((adversarial["view2"] - clean["view2"]).abs().max().item<double>() <= 8.0 / 255 + 1e-6);
+  const LossResult result = simclr->loss(*backbone, clean, adversarial, CFAMC_PHASE_TRAIN);
+  REQUIRE(result.loss.is_cuda());
+  result.loss.backward();
+  for (const auto& p : backbone->parameters()) CHECK(p.grad().defined());
 }
