@@ -31,6 +31,12 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
+# The wheel's LibTorch is a CUDA build: its CMake configuration needs the CUDA toolkit (nvcc) to be found,
+# even on a machine without a GPU. The CUDA code then compiles and links here and runs where there is a GPU.
+if ! command -v nvcc >/dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "setup: error: no CUDA toolkit (nvcc) found; LibTorch $TORCH_VERSION's CMake config needs CUDA 13.x" >&2
+  exit 1
+fi
 torch_dir=$("$venv/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
 mkdir -p "$HOME/.cache/cfamc"
 ln -sfn "$torch_dir" "$HOME/.cache/cfamc/libtorch"

@@ -183,7 +183,7 @@ TEST_CASE("pgd against the objective's oracle: inside the ball and [0,1], loss n
   CHECK(attacked_loss >= clean_loss);
 }
 
-TEST_CASE("pgd: zero steps from a zero start is the identity; L2 stays in its ball", "[attack]") {
+TEST_CASE("pgd: zero steps from a zero start is the identity, and L2 stays in its ball", "[attack]") {
   auto backbone = convnet();
   auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
                                 backbone->feature_dim());
