@@ -13,7 +13,7 @@ class RandomSign : public cfamc::Attack {
   }
 
   explicit RandomSign(const cfamc::Context& ctx)
-      : Attack(ctx), epsilon_(ctx.real("epsilon")), generator_(at::detail::createCPUGenerator(ctx.seed())) {}
+      : Attack(ctx), epsilon_(ctx.real("epsilon")), generator_(ctx.generator()) {}
 
   cfamc::TensorMap perturb(const cfamc::Oracle&, const cfamc::TensorMap& inputs) override {
     cfamc::TensorMap out;

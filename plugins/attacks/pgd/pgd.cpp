@@ -28,7 +28,7 @@ class PGD : public cfamc::Attack {
         steps_(ctx.integer("steps")),
         linf_(ctx.text("norm") == "linf"),
         random_start_(ctx.flag("random_start")),
-        generator_(at::detail::createCPUGenerator(ctx.seed())) {
+        generator_(ctx.generator()) {
     if (!linf_ && ctx.text("norm") != "l2") throw cfamc::Error(CFAMC_ERROR_OPTION, "norm must be \"linf\" or \"l2\"");
     if (epsilon_ < 0 || step_size_ < 0 || steps_ < 0) {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "epsilon, step_size and steps must not be negative");

@@ -29,7 +29,7 @@ class ConvNet : public cfamc::Backbone {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "in_channels, width and branches must be positive");
     }
     set_normalisation(ctx.reals("mean"), ctx.reals("std"));
-    at::Generator generator = at::detail::createCPUGenerator(ctx.seed());
+    at::Generator generator = ctx.generator();
     int64_t channels = in_channels_;
     for (int block = 0; block < 3; ++block) {
       const int64_t out = width_ << block;

@@ -52,7 +52,7 @@ class SimCLR : public cfamc::Objective {
     projector_ = register_module("projector", torch::nn::Sequential(torch::nn::Linear(ctx.feature_dim(), hidden),
                                                                     torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
                                                                     torch::nn::Linear(hidden, out)));
-    reinitialise_linears(ctx.seed());
+    reinitialise_linears(ctx.generator());
     to(ctx.device());
   }
 
@@ -93,8 +93,7 @@ class SimCLR : public cfamc::Objective {
  private:
   // PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from this component's own
   // generator so that initialisation depends on the run's seed and on nothing else.
-  void reinitialise_linears(uint64_t seed) {
-    at::Generator generator = at::detail::createCPUGenerator(seed);
+  void reinitialise_linears(at::Generator generator) {
     torch::NoGradGuard no_grad;
     for (auto& module : projector_->modules(/*include_self=*/false)) {
       if (auto* linear = module->as<torch::nn::Linear>()) {

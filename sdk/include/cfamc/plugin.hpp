@@ -7,6 +7,7 @@
 
 #include <cfamc/cfamc.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
 #include <torch/ordered_dict.h>
 #include <torch/version.h>
@@ -164,6 +165,9 @@ class Context {
   void warn(const std::string& message) const { host().log(ctx_, CFAMC_LOG_WARN, message.c_str()); }
 
   uint64_t seed() const { return host().seed(ctx_); }
+  // A CPU generator seeded for this component: independent of LibTorch's global generator and of every
+  // other component's.
+  at::Generator generator() const { return at::detail::createCPUGenerator(seed()); }
   int64_t feature_dim() const { return host().feature_dim(ctx_); }
   torch::Device device() const {
     std::string name(host().device(ctx_, nullptr, 0), '\0');
