@@ -15,7 +15,9 @@
 #include "log.hpp"
 #include "plugins/components.hpp"
 #include "plugins/registry.hpp"
+#include "run/assembly.hpp"
 #include "run/run_dir.hpp"
+#include "train/trainer.hpp"
 
 namespace cfamc::host {
 namespace {
@@ -24,6 +26,7 @@ struct Options {
   std::string config;
   std::vector<std::string> overrides;
   bool validate = false;
+  bool resume = false;
   bool version = false;
   bool list_plugins = false;
   bool json = false;
@@ -71,24 +74,11 @@ Resolved resolve(const Options& options) {
 }
 
 // Creates every component once, so that a plugin that rejects an option value says so now.
-// The backbone comes first in `config.components`; the others learn its feature dimension.
-void instantiate_all(const RunConfig& config, const Registry& registry, const std::string& device) {
-  int64_t feature_dim = 0;
-  for (const auto& c : config.components) {
-    ComponentSetup setup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim};
-    switch (c.kind) {
-      case CFAMC_KIND_BACKBONE: feature_dim = instantiate<Backbone>(registry, *c.info, setup)->feature_dim(); break;
-      case CFAMC_KIND_OBJECTIVE: instantiate<Objective>(registry, *c.info, setup); break;
-      case CFAMC_KIND_ATTACK: instantiate<Attack>(registry, *c.info, setup); break;
-      case CFAMC_KIND_EVALUATOR: instantiate<Evaluator>(registry, *c.info, setup); break;
-    }
-  }
-}
-
 int validate(const Options& options) {
   Resolved r = resolve(options);
   const std::string device = resolve_device(r.config.device, r.config.file);
-  instantiate_all(r.config, r.registry, "cpu");
+  const Assembly assembly = assemble(r.config, r.registry, "cpu");
+  view_groups_of(r.config, *assembly.objective);
   std::cout << r.config.file << ": ok (device " << device << ")\n";
   for (const auto& c : r.config.components) std::cout << "  " << c.label << " = " << c.plugin << "\n";
   return 0;
@@ -97,14 +87,13 @@ int validate(const Options& options) {
 int run(const Options& options) {
   Resolved r = resolve(options);
   const std::string device = resolve_device(r.config.device, r.config.file);
-  instantiate_all(r.config, r.registry, device);
   const auto dir = prepare_run_dir(r.config.dir);
   std::ostringstream resolved;
   resolved << r.config.resolved() << "\n";
   write_file_atomically(dir / "resolved.toml", resolved.str());
   log(LogLevel::info, "run directory: " + dir.string());
-  fail(ExitCode::other, "the run file is valid and " + (dir / "resolved.toml").string() +
-                            " is written, but this build has no training loop yet; use --validate");
+  run_training(r.config, r.registry, RunRequest{device, dir, options.resume});
+  return 0;
 }
 
 int dispatch(const Options& options) {
@@ -133,6 +122,7 @@ int run_cli(int argc, char** argv) {
   app.add_option("-c,--config", options.config, "the run file (TOML)");
   app.add_option("--set", options.overrides, "override a run-file key: --set attack.steps=10 (repeatable)");
   app.add_flag("--validate", options.validate, "resolve the run file and every plugin's options, then stop");
+  app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory");
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");

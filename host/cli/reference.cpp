@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <sstream>
 
+#include "augment/view_recipe.hpp"
 #include "config/run_config.hpp"
+#include "data/data_config.hpp"
+#include "train/train_config.hpp"
 #include "plugins/registry.hpp"
 
 namespace cfamc::host {
@@ -85,10 +88,19 @@ std::string config_reference(const Registry& registry) {
   options_markdown(out, run_section_schema());
   out << "## [plugins]\n\n";
   options_markdown(out, plugins_section_schema());
+  out << "## [data]\n\n";
+  options_markdown(out, data_schema());
+  out << "## [views.NAME]\n\n"
+      << "One table per view group; objectives name the groups they consume (EMP-SSL: `crops`, SimCLR: `views`).\n"
+      << "Views are made on the training device as batched operations, view-major: `[count*B, C, size, size]`.\n\n";
+  options_markdown(out, view_recipe_schema());
+  out << "## [train]\n\n";
+  options_markdown(out, train_schema());
   out << "## Components\n\n"
       << "`[backbone]` and `[objective]` are required, `[attack]` is optional, `[[evaluate]]` may repeat.\n"
       << "Each names its plugin with `plugin = \"<name>\"`; an `[[evaluate]]` entry may add `id = \"...\"`\n"
-      << "(default: the plugin name), the key of its results. The remaining keys are the plugin's options:\n\n";
+      << "(default: the plugin name), the key of its results, and `control = true` to evaluate the untrained\n"
+      << "encoder too (under `<id>_untrained`). The remaining keys are the plugin's options:\n\n";
   for (const auto& [library, component] : sorted_components(registry)) {
     out << "### " << kind_name(component->kind) << " `" << component->name << "`\n\n"
         << component->summary << "\n\n";

@@ -8,8 +8,9 @@
 namespace cfamc::host {
 namespace {
 
-const std::vector<std::string> kSections = {"run", "plugins", "backbone", "objective", "attack", "evaluate"};
-const std::vector<std::string> kReserved = {"plugin", "id"};
+const std::vector<std::string> kSections = {"run",      "plugins",   "data",   "views",
+                                            "train",    "backbone",  "objective", "attack", "evaluate"};
+const std::vector<std::string> kReserved = {"plugin", "id", "control"};
 
 struct SectionPlace {
   const char* name;
@@ -44,11 +45,18 @@ std::string plugin_name(const toml::table& table, const std::string& label, cons
 
 ComponentConfig component_at(const toml::table& table, cfamc_kind kind, const std::string& label,
                              const RunFile& run_file) {
-  ComponentConfig c{kind, label, label, plugin_name(table, label, run_file), {}, nullptr};
+  ComponentConfig c{kind, label, label, plugin_name(table, label, run_file), {}, nullptr, false};
   if (const toml::node* id = table.get("id")) {
     if (!id->is_string() || id->as_string()->get().empty()) {
       fail(ExitCode::usage, location_of(*id, run_file.file) + ": " + label + ".id: expected a non-empty string");
     }
+  }
+  if (const toml::node* control = table.get("control")) {
+    if (kind != CFAMC_KIND_EVALUATOR || !control->is_boolean()) {
+      fail(ExitCode::usage, location_of(*control, run_file.file) + ": " + label +
+                                ".control: a boolean, and only in [[evaluate]] entries");
+    }
+    c.control = control->as_boolean()->get();
   }
   return c;
 }
@@ -92,6 +100,20 @@ RunConfig resolve_host_sections(const RunFile& run_file) {
   const toml::table plugins =
       resolve_options(section_table(run_file, "plugins"), plugins_section_schema(), "plugins", run_file.file);
   for (const auto& path : *plugins["paths"].as_array()) config.plugin_paths.push_back(path.value_or(std::string()));
+  config.data_table = resolve_options(section_table(run_file, "data"), data_schema(), "data", run_file.file);
+  config.data = data_config_from(config.data_table);
+  config.train_table = resolve_options(section_table(run_file, "train"), train_schema(), "train", run_file.file);
+  config.train = train_config_from(config.train_table);
+  for (const auto& [key, node] : section_table(run_file, "views")) {
+    const std::string name(key.str());
+    const toml::table* group = node.as_table();
+    if (group == nullptr) {
+      fail(ExitCode::usage, location_of(node, run_file.file) + ": views." + name + " must be a table ([views." + name + "])");
+    }
+    toml::table resolved = resolve_options(*group, view_recipe_schema(), "views." + name, run_file.file);
+    config.views.push_back(view_recipe_from(name, resolved));
+    config.views_table.insert(name, std::move(resolved));
+  }
 
   for (const auto& place : kSingleComponents) {
     const toml::node* node = run_file.table.get(place.name);
@@ -139,6 +161,12 @@ void resolve_components(RunConfig& config, const RunFile& run_file, const Regist
   }
 }
 
+const ViewRecipe* RunConfig::view(const std::string& name) const {
+  for (const auto& v : views)
+    if (v.name == name) return &v;
+  return nullptr;
+}
+
 const ComponentConfig* RunConfig::find(cfamc_kind kind) const {
   for (const auto& c : components)
     if (c.kind == kind) return &c;
@@ -151,12 +179,16 @@ toml::table RunConfig::resolved() const {
   toml::array paths;
   for (const auto& p : plugin_paths) paths.push_back(p);
   out.insert("plugins", toml::table{{"paths", paths}});
+  out.insert("data", data_table);
+  out.insert("train", train_table);
+  if (!views_table.empty()) out.insert("views", views_table);
   toml::array evaluators;
   for (const auto& c : components) {
     toml::table t = c.options;
     t.insert("plugin", c.plugin);
     if (c.kind == CFAMC_KIND_EVALUATOR) {
       t.insert("id", c.id);
+      t.insert("control", c.control);
       evaluators.push_back(std::move(t));
     } else {
       out.insert(c.label, std::move(t));

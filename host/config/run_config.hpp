@@ -10,8 +10,11 @@
 
 #include <toml++/toml.h>
 
+#include "augment/view_recipe.hpp"
 #include "config/options.hpp"
 #include "config/run_file.hpp"
+#include "data/data_config.hpp"
+#include "train/train_config.hpp"
 
 namespace cfamc::host {
 
@@ -25,6 +28,7 @@ struct ComponentConfig {
   std::string plugin;   // the component name the registry knows
   toml::table options;  // validated, defaults filled in, without the host's reserved keys
   const ComponentInfo* info = nullptr;
+  bool control = false;  // evaluators: also evaluate the untrained encoder, as "<id>_untrained"
 };
 
 struct RunConfig {
@@ -33,9 +37,14 @@ struct RunConfig {
   int64_t seed = 0;
   std::string device;  // as written: "auto", "cpu", "cuda", "cuda:1"
   std::vector<std::string> plugin_paths;
+  DataConfig data;
+  TrainConfig train;
+  std::vector<ViewRecipe> views;
   std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), then evaluators
+  toml::table data_table, train_table, views_table;  // as resolved, for resolved()
 
   const ComponentConfig* find(cfamc_kind kind) const;
+  const ViewRecipe* view(const std::string& name) const;
   // The whole run file as resolved: every default written out.
   toml::table resolved() const;
 };

@@ -1,0 +1,26 @@
+// Multi-view augmentation as batched tensor operations on the images' device: no per-image loop, no
+// worker processes. Random parameters are drawn from one CPU generator (a few numbers per view, copied
+// to the device in one transfer), so the views are a pure function of the generator's state.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include "augment/view_recipe.hpp"
+
+namespace cfamc::host {
+
+// `images`: uint8 [B, C, H, W]. Returns float [count*B, C, size, size] in [0,1], view-major (all first views,
+// then all second views, ...).
+at::Tensor make_views(const ViewRecipe& recipe, const at::Tensor& images, at::Generator& generator);
+
+// RandomResizedCrop boxes as torchvision samples them (10 attempts, then the central fallback): int64
+// [n, 4] rows of (top, left, height, width). Exposed for tests.
+at::Tensor sample_crop_boxes(int64_t height, int64_t width, int64_t n, const std::array<double, 2>& scale,
+                             const std::array<double, 2>& ratio, at::Generator& generator);
+
+// torchvision's RGB <-> HSV on [N, 3, H, W] in [0,1].
+at::Tensor rgb_to_hsv(const at::Tensor& rgb);
+at::Tensor hsv_to_rgb(const at::Tensor& hsv);
+
+}  // namespace cfamc::host

@@ -1,0 +1,27 @@
+// Training progress for a person: a live bar with rate and ETA on a terminal, plain periodic log lines
+// otherwise (CI, files).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace cfamc::host {
+
+class Progress {
+ public:
+  Progress(int64_t first_step, int64_t total_steps);
+  // After step `step` (1-based count of steps done); `detail` is appended ("loss 1.23").
+  void update(int64_t step, const std::string& detail, bool log_line);
+  void finish();
+
+ private:
+  int64_t first_, total_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_{};
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace cfamc::host

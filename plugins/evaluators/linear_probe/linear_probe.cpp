@@ -1,0 +1,122 @@
+// Linear probe: a linear classifier trained on frozen features (the backbone output or the objective's
+// representation), reporting top-1 accuracy on the test split. Features are computed once, in eval mode.
+#include <cfamc/plugin.hpp>
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace {
+
+class LinearProbe : public cfamc::Evaluator {
+ public:
+  static constexpr const char* name = "linear_probe";
+  static constexpr const char* summary = "linear classifier on frozen features; top-1 test accuracy";
+  static std::vector<cfamc_option_decl> options() {
+    return {
+        cfamc::option("feature", CFAMC_OPTION_STRING, "\"representation\"", "\"backbone\" or \"representation\""),
+        cfamc::option("epochs", CFAMC_OPTION_INT, "100", "passes over the training features"),
+        cfamc::option("batch_size", CFAMC_OPTION_INT, "100", "features per step"),
+        cfamc::option("optimizer", CFAMC_OPTION_STRING, "\"sgd\"", "\"sgd\" or \"adam\""),
+        cfamc::option("lr", CFAMC_OPTION_FLOAT, "0.03", "learning rate, annealed by a per-epoch cosine"),
+        cfamc::option("momentum", CFAMC_OPTION_FLOAT, "0.9", "SGD momentum"),
+        cfamc::option("weight_decay", CFAMC_OPTION_FLOAT, "5e-5", "weight decay"),
+        cfamc::option("encode_batch_size", CFAMC_OPTION_INT, "256", "images encoded at once"),
+        cfamc::option("train_split", CFAMC_OPTION_STRING, "\"train\"", "the split the head is trained on"),
+        cfamc::option("test_split", CFAMC_OPTION_STRING, "\"test\"", "the split the accuracy is measured on"),
+    };
+  }
+
+  explicit LinearProbe(const cfamc::Context& ctx)
+      : Evaluator(ctx),
+        epochs_(ctx.integer("epochs")),
+        batch_size_(ctx.integer("batch_size")),
+        adam_(ctx.text("optimizer") == "adam"),
+        lr_(ctx.real("lr")),
+        momentum_(ctx.real("momentum")),
+        weight_decay_(ctx.real("weight_decay")),
+        encode_batch_size_(ctx.integer("encode_batch_size")),
+        train_split_(ctx.text("train_split")),
+        test_split_(ctx.text("test_split")),
+        seed_generator_(ctx.generator()) {
+    const std::string feature = ctx.text("feature");
+    if (feature != "backbone" && feature != "representation") {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "feature must be \"backbone\" or \"representation\"");
+    }
+    feature_ = feature == "backbone" ? CFAMC_FEATURE_BACKBONE : CFAMC_FEATURE_REPRESENTATION;
+    if (!adam_ && ctx.text("optimizer") != "sgd") throw cfamc::Error(CFAMC_ERROR_OPTION, "optimizer must be \"sgd\" or \"adam\"");
+    if (epochs_ < 1 || batch_size_ < 1 || lr_ <= 0 || encode_batch_size_ < 1) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "epochs, batch_size, lr and encode_batch_size must be positive");
+    }
+  }
+
+  void evaluate(const cfamc::EvalServices& services) override {
+    services.set_encoder_training(false);
+    const auto [train_images, train_labels] = services.dataset(train_split_);
+    const auto [test_images, test_labels] = services.dataset(test_split_);
+    const at::Tensor train_features = features(services, train_images);
+    const at::Tensor test_features = features(services, test_images);
+    const int64_t classes = train_labels.max().item<int64_t>() + 1;
+
+    torch::nn::Linear head(train_features.size(1), classes);
+    {
+      torch::NoGradGuard no_grad;
+      const double bound = 1.0 / std::sqrt(static_cast<double>(train_features.size(1)));
+      head->weight.uniform_(-bound, bound, seed_generator_);
+      head->bias.uniform_(-bound, bound, seed_generator_);
+    }
+    head->to(train_features.device());
+    std::unique_ptr<torch::optim::Optimizer> optimizer;
+    if (adam_) {
+      optimizer = std::make_unique<torch::optim::Adam>(head->parameters(),
+                                                       torch::optim::AdamOptions(lr_).weight_decay(weight_decay_));
+    } else {
+      optimizer = std::make_unique<torch::optim::SGD>(
+          head->parameters(), torch::optim::SGDOptions(lr_).momentum(momentum_).weight_decay(weight_decay_));
+    }
+    const int64_t n = train_features.size(0);
+    for (int64_t epoch = 0; epoch < epochs_; ++epoch) {
+      const double lr = 0.5 * lr_ * (1 + std::cos(M_PI * static_cast<double>(epoch) / static_cast<double>(epochs_)));
+      for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
+      const at::Tensor order = torch::randperm(n, seed_generator_, torch::kLong).to(train_features.device());
+      for (int64_t start = 0; start < n; start += batch_size_) {
+        const at::Tensor idx = order.slice(0, start, start + batch_size_);
+        optimizer->zero_grad();
+        torch::nn::functional::cross_entropy(head->forward(train_features.index_select(0, idx)),
+                                             train_labels.index_select(0, idx))
+            .backward();
+        optimizer->step();
+      }
+    }
+    torch::NoGradGuard no_grad;
+    services.report("accuracy", accuracy(head, test_features, test_labels));
+    services.report("train_accuracy", accuracy(head, train_features, train_labels));
+  }
+
+ private:
+  at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> out;
+    for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
+      const at::Tensor x = images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0);
+      out.push_back(services.encode(x, feature_));
+    }
+    return torch::cat(out, 0);
+  }
+
+  static double accuracy(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {
+    return head->forward(features).argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
+  }
+
+  int64_t epochs_, batch_size_;
+  bool adam_;
+  double lr_, momentum_, weight_decay_;
+  int64_t encode_batch_size_;
+  std::string train_split_, test_split_;
+  at::Generator seed_generator_;
+  cfamc_feature feature_ = CFAMC_FEATURE_REPRESENTATION;
+};
+
+}  // namespace
+
+CFAMC_PLUGIN("linear_probe", "0.1.0", cfamc::component<LinearProbe>())
