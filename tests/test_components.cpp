@@ -1,9 +1,7 @@
 // Every plugin kind driven by the host through its C table, with real plugins and real tensors:
 // backbone forward/backward, objective loss reaching the backbone, attacks against an oracle, an
 // evaluator using host services, and errors thrown inside plugins.
-#include <catch2/catch.hpp>
-
-#include <torch/torch.h>
+#include "torch_catch.hpp"
 
 #include "config/options.hpp"
 #include "eval/eval_services.hpp"

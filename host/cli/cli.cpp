@@ -27,6 +27,7 @@ struct Options {
   std::vector<std::string> overrides;
   bool validate = false;
   bool resume = false;
+  int64_t until_step = 0;
   bool version = false;
   bool list_plugins = false;
   bool json = false;
@@ -92,7 +93,7 @@ int run(const Options& options) {
   resolved << r.config.resolved() << "\n";
   write_file_atomically(dir / "resolved.toml", resolved.str());
   log(LogLevel::info, "run directory: " + dir.string());
-  run_training(r.config, r.registry, RunRequest{device, dir, options.resume});
+  run_training(r.config, r.registry, RunRequest{device, dir, options.resume, options.until_step});
   return 0;
 }
 
@@ -123,6 +124,8 @@ int run_cli(int argc, char** argv) {
   app.add_option("--set", options.overrides, "override a run-file key: --set attack.steps=10 (repeatable)");
   app.add_flag("--validate", options.validate, "resolve the run file and every plugin's options, then stop");
   app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory");
+  app.add_option("--until-step", options.until_step, "checkpoint and stop after this training step (resume later)")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");

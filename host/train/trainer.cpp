@@ -231,7 +231,9 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
     step_tensor.fill_(++step);
 
     const bool log_now = step % train.log_every == 0 || step == total;
-    const bool checkpoint_now = (train.checkpoint_every > 0 && step % train.checkpoint_every == 0) || step == total;
+    const bool stop_now = step == request.until_step;
+    const bool checkpoint_now =
+        (train.checkpoint_every > 0 && step % train.checkpoint_every == 0) || step == total || stop_now;
     if (!log_now && !checkpoint_now) {
       progress.update(step, "", false);
       continue;
@@ -258,6 +260,11 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
     }
     if (checkpoint_now) {
       last_checkpoint = save_checkpoint(checkpoints, step, run_state(a, optimizer, step_tensor, augment), train.keep_checkpoints);
+    }
+    if (stop_now && step < total) {
+      progress.finish();
+      log(LogLevel::info, "stopped after step " + std::to_string(step) + " as asked (--until-step); continue with --resume");
+      return;
     }
   }
   progress.finish();

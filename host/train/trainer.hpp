@@ -14,7 +14,8 @@ class Registry;
 struct RunRequest {
   std::string device;  // resolved: "cpu", "cuda:0"
   std::filesystem::path run_dir;
-  bool resume = false;  // continue from the newest checkpoint in run_dir/checkpoints
+  bool resume = false;      // continue from the newest checkpoint in run_dir/checkpoints
+  int64_t until_step = 0;  // > 0: checkpoint and stop after this step, as a time-limited job would
 };
 
 // Failure(data) for data problems, Failure(diverged) when the loss stops being finite (the last good

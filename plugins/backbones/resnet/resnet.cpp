@@ -111,10 +111,12 @@ class ResNetBase : public cfamc::Backbone {
     int64_t in = 64;
     for (int stage = 0; stage < 4; ++stage) {
       const int64_t planes = int64_t{64} << stage;
+      // A ModuleList per stage gives torchvision's parameter names: layer1.0.conv1.weight, ...
+      auto layer = register_module("layer" + std::to_string(stage + 1), nn::ModuleList());
       for (int64_t i = 0; i < arch.blocks[stage]; ++i) {
         const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-        blocks_.push_back(register_module("layer" + std::to_string(stage + 1) + "." + std::to_string(i),
-                                          Block(arch.kind, in, planes, stride, branches)));
+        blocks_.push_back(Block(arch.kind, in, planes, stride, branches));
+        layer->push_back(blocks_.back());
         in = planes * BlockImpl::expansion(arch.kind);
       }
     }

@@ -5,24 +5,13 @@
 
 #include <torch/torch.h>
 
+#include "nt_xent.hpp"
+
 #include <cmath>
 
 namespace {
 
-// NT-Xent over V views laid out view-major ([V*B, d], rows L2-normalised): each row's positives are the
-// other views of the same image, its negatives every other row. For V = 2 this is SimCLR's loss.
-at::Tensor nt_xent(const at::Tensor& z, int64_t views, double temperature) {
-  const int64_t n = z.size(0);
-  const int64_t batch = n / views;
-  at::Tensor logits = torch::matmul(z, z.t()) / temperature;
-  const at::Tensor self_mask = torch::eye(n, z.options().dtype(torch::kBool));
-  logits = logits.masked_fill(self_mask, -std::numeric_limits<float>::infinity());
-  const at::Tensor sample = torch::arange(n, z.options().dtype(torch::kLong)).remainder(batch);
-  const at::Tensor positive = sample.unsqueeze(0).eq(sample.unsqueeze(1)).logical_and(self_mask.logical_not());
-  const at::Tensor log_prob = logits - torch::logsumexp(logits, 1, /*keepdim=*/true);
-  const at::Tensor per_row = log_prob.masked_fill(positive.logical_not(), 0).sum(1) / (views - 1);
-  return -per_row.mean();
-}
+using cfamc::simclr::nt_xent;
 
 class SimCLR : public cfamc::Objective {
  public:

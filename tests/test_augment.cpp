@@ -1,0 +1,169 @@
+// On-device multi-view augmentation: shapes and ranges, identity when every transform is off, crop boxes
+// that follow the configured distribution, probabilities honoured, determinism.
+#include "torch_catch.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "augment/views.hpp"
+
+using namespace cfamc::host;
+
+namespace {
+
+at::Generator generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
+
+ViewRecipe all_off(int64_t size) {
+  ViewRecipe r;
+  r.name = "test";
+  r.size = size;
+  r.crop = false;
+  r.flip = r.jitter = r.grayscale = r.blur = r.solarize = 0;
+  return r;
+}
+
+at::Tensor random_images(int64_t n, int64_t c, int64_t side) {
+  return torch::randint(0, 256, {n, c, side, side}, torch::kUInt8);
+}
+
+}  // namespace
+
+TEST_CASE("views: shapes, range, view-major layout", "[augment]") {
+  ViewRecipe r;  // EMP-SSL's crop recipe with every transform on
+  r.count = 3;
+  r.size = 16;
+  r.blur = 0.5;
+  r.solarize = 0.5;
+  auto g = generator(1);
+  const at::Tensor views = make_views(r, random_images(5, 3, 32), g);
+  REQUIRE(views.sizes() == at::IntArrayRef({15, 3, 16, 16}));
+  CHECK(views.scalar_type() == at::kFloat);
+  CHECK(views.min().item<double>() >= 0);
+  CHECK(views.max().item<double>() <= 1);
+  CHECK(torch::isfinite(views).all().item<bool>());
+}
+
+TEST_CASE("views: every transform off is the identity", "[augment]") {
+  auto g = generator(2);
+  const at::Tensor images = random_images(4, 3, 8);
+  ViewRecipe r = all_off(8);
+  r.count = 2;
+  const at::Tensor views = make_views(r, images, g);
+  const at::Tensor expected = images.to(torch::kFloat).div(255.0);
+  CHECK(torch::equal(views.slice(0, 0, 4), expected));
+  CHECK(torch::equal(views.slice(0, 4, 8), expected));
+  // A crop of the whole image at the same size resamples exactly onto the pixel centres.
+  ViewRecipe whole = all_off(8);
+  whole.crop = true;
+  whole.scale = {1.0, 1.0};
+  whole.ratio = {1.0, 1.0};
+  CHECK(torch::allclose(make_views(whole, images, g), expected, 1e-5, 1e-5));
+}
+
+TEST_CASE("crop boxes follow the configured scale and ratio", "[augment]") {
+  auto g = generator(3);
+  SECTION("a fixed box size") {
+    const at::Tensor boxes = sample_crop_boxes(32, 32, 1000, {0.25, 0.25}, {1.0, 1.0}, g);
+    CHECK((boxes.select(1, 2) == 16).all().item<bool>());
+    CHECK((boxes.select(1, 3) == 16).all().item<bool>());
+    CHECK((boxes.select(1, 0) + 16 <= 32).all().item<bool>());
+    CHECK(boxes.select(1, 0).min().item<int64_t>() == 0);
+    CHECK(boxes.select(1, 0).max().item<int64_t>() == 16);  // every position reachable
+  }
+  SECTION("scale (0.08, 1) and ratio (3/4, 4/3) as torchvision samples them") {
+    const int64_t n = 20000;
+    const at::Tensor boxes = sample_crop_boxes(224, 224, n, {0.08, 1.0}, {3.0 / 4, 4.0 / 3}, g).to(torch::kDouble);
+    const at::Tensor area = boxes.select(1, 2) * boxes.select(1, 3) / (224.0 * 224.0);
+    const at::Tensor log_ratio = (boxes.select(1, 3) / boxes.select(1, 2)).log();
+    // Rounding to whole pixels blurs the edges a little.
+    CHECK(area.min().item<double>() >= 0.075);
+    CHECK(area.max().item<double>() <= 1.0);
+    CHECK(log_ratio.abs().max().item<double>() <= std::log(4.0 / 3) + 0.02);
+    // Reference figures from a direct simulation of torchvision's sampler (200000 boxes): large areas with
+    // a non-square ratio overflow and are redrawn, so the mean area is 0.479, below the uniform 0.54, and
+    // 23.1% of the boxes have a log ratio above half the log range.
+    CHECK(area.mean().item<double>() == Approx(0.479).margin(0.01));
+    CHECK(log_ratio.mean().item<double>() == Approx(0.0).margin(0.01));
+    const double half_range = std::log(4.0 / 3) / 2;
+    CHECK((log_ratio > half_range).to(torch::kDouble).mean().item<double>() == Approx(0.231).margin(0.015));
+  }
+  SECTION("an impossible ratio falls back to the central crop") {
+    const at::Tensor boxes = sample_crop_boxes(10, 40, 50, {0.99, 1.0}, {1.0, 1.0}, g);
+    CHECK((boxes.select(1, 2) == 10).all().item<bool>());
+    CHECK((boxes.select(1, 3) == 10).all().item<bool>());
+    CHECK((boxes.select(1, 1) == 15).all().item<bool>());
+  }
+}
+
+TEST_CASE("transform probabilities are honoured", "[augment]") {
+  auto g = generator(4);
+  const int64_t n = 4000;
+  // A left-dark, right-bright image: a flipped view has its bright half on the left.
+  at::Tensor images = torch::zeros({n, 1, 4, 4}, torch::kUInt8);
+  images.slice(3, 2, 4).fill_(255);
+  ViewRecipe flip = all_off(4);
+  flip.flip = 0.3;
+  const at::Tensor flipped = make_views(flip, images, g).select(1, 0).select(1, 0).select(1, 0).gt(0.5);
+  CHECK(flipped.to(torch::kDouble).mean().item<double>() == Approx(0.3).margin(0.03));
+
+  ViewRecipe solarize = all_off(4);
+  solarize.solarize = 0.25;
+  const at::Tensor white = torch::full({n, 1, 4, 4}, 255, torch::kUInt8);
+  const at::Tensor inverted = make_views(solarize, white, g).amax({1, 2, 3}).lt(0.5);
+  CHECK(inverted.to(torch::kDouble).mean().item<double>() == Approx(0.25).margin(0.03));
+
+  ViewRecipe gray = all_off(4);
+  gray.grayscale = 0.5;
+  const at::Tensor colour = random_images(n, 3, 4);
+  const at::Tensor out = make_views(gray, colour, g);
+  const at::Tensor is_gray = (out.select(1, 0) == out.select(1, 1)).all(2).all(1) & (out.select(1, 1) == out.select(1, 2)).all(2).all(1);
+  CHECK(is_gray.to(torch::kDouble).mean().item<double>() == Approx(0.5).margin(0.03));
+}
+
+TEST_CASE("colour jitter keeps pixels in range and changes colour images", "[augment]") {
+  auto g = generator(5);
+  ViewRecipe jitter = all_off(8);
+  jitter.jitter = 1.0;
+  jitter.brightness = jitter.contrast = jitter.saturation = 0.4;
+  jitter.hue = 0.1;
+  const at::Tensor images = random_images(64, 3, 8);
+  const at::Tensor out = make_views(jitter, images, g);
+  CHECK(out.min().item<double>() >= 0);
+  CHECK(out.max().item<double>() <= 1);
+  CHECK_FALSE(torch::allclose(out, images.to(torch::kFloat) / 255));
+}
+
+TEST_CASE("RGB to HSV and back is the identity", "[augment]") {
+  const at::Tensor rgb = torch::rand({8, 3, 5, 5});
+  CHECK(torch::allclose(hsv_to_rgb(rgb_to_hsv(rgb)), rgb, 1e-5, 1e-5));
+  // Pure red is hue 0, pure green 1/3.
+  const at::Tensor pure = torch::tensor({1.f, 0.f, 0.f, 0.f, 1.f, 0.f}).view({2, 3, 1, 1});
+  const at::Tensor hsv = rgb_to_hsv(pure);
+  CHECK(hsv[0][0].item<double>() == Approx(0.0));
+  CHECK(hsv[1][0].item<double>() == Approx(1.0 / 3));
+}
+
+TEST_CASE("blur spreads an impulse symmetrically and keeps its mass", "[augment]") {
+  auto g = generator(6);
+  ViewRecipe blur = all_off(9);
+  blur.blur = 1.0;
+  blur.blur_sigma = {1.0, 1.0};
+  at::Tensor impulse = torch::zeros({1, 1, 9, 9}, torch::kUInt8);
+  impulse[0][0][4][4] = 255;
+  const at::Tensor out = make_views(blur, impulse, g)[0][0];
+  CHECK(out.sum().item<double>() == Approx(1.0).margin(1e-4));
+  CHECK(out[4][4].item<double>() < 0.5);
+  CHECK(out[4][3].item<double>() == Approx(out[4][5].item<double>()));
+  CHECK(out[3][4].item<double>() == Approx(out[4][3].item<double>()));
+}
+
+TEST_CASE("the same generator state gives the same views", "[augment]") {
+  ViewRecipe r;
+  r.count = 2;
+  r.size = 12;
+  r.blur = 0.5;
+  const at::Tensor images = random_images(6, 3, 16);
+  auto a = generator(9), b = generator(9), c = generator(10);
+  const at::Tensor va = make_views(r, images, a);
+  CHECK(torch::equal(va, make_views(r, images, b)));
+  CHECK_FALSE(torch::equal(va, make_views(r, images, c)));
+}

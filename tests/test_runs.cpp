@@ -1,0 +1,155 @@
+// Whole runs through cfamc-host on real data (Fashion-MNIST from Debian's dataset-fashion-mnist):
+// the loss falls and the probe beats the untrained control; an interrupted and resumed run ends with the
+// same weights as an uninterrupted one; a diverging loss exits 5 keeping the last good checkpoint.
+#include "torch_catch.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "support.hpp"
+#include "train/checkpoint.hpp"
+
+using cfamc::test::run_host;
+using Catch::Matchers::Contains;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kQuickstart = std::string(CFAMC_SOURCE_DIR) + "/configs/quickstart.toml";
+
+// A run small enough for a test: a narrow CNN, EMP-SSL with 2 crops, no evaluators.
+const char* kTinyRun = R"(
+[data]
+dataset = "fashion_mnist"
+train_subset = 400
+test_subset = 100
+
+[views.crops]
+count = 2
+size = 20
+jitter = 0.0
+grayscale = 0.0
+blur = 0.2
+
+[train]
+epochs = 2
+batch_size = 50
+log_every = 2
+checkpoint_every = 2
+keep_checkpoints = 10
+
+[backbone]
+plugin = "convnet"
+in_channels = 1
+width = 8
+
+[objective]
+plugin = "emp_ssl"
+num_crops = 2
+pre_feature_dim = 32
+hidden_dim = 32
+projection_dim = 16
+)";
+
+json read_json(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  REQUIRE(in.good());
+  return json::parse(in);
+}
+
+std::vector<json> read_lines(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::vector<json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("a short EMP-SSL run: loss falls, the probe beats the untrained control", "[run]") {
+  cfamc::test::TempDir dir;
+  const auto out = run_host("--config " + kQuickstart + " --set run.dir=" + dir.path().string() +
+                            " --set data.train_subset=2000 --set data.test_subset=1000 --set train.log_every=5");
+  INFO(out.output);
+  REQUIRE(out.exit_code == 0);
+  const auto lines = read_lines(dir.path() / "metrics.jsonl");
+  REQUIRE(lines.size() == 8);  // 40 steps, a line every 5
+  CHECK(lines.back()["loss"].get<double>() < lines.front()["loss"].get<double>());
+  for (const char* key : {"step", "epoch", "lr", "loss", "tcr", "invariance", "images_per_s"}) CHECK(lines.back().contains(key));
+
+  const json summary = read_json(dir.path() / "summary.json");
+  CHECK(summary["run"]["seed"] == 0);
+  CHECK(summary["run"]["device"] == "cpu");
+  CHECK(summary["train"]["steps"] == 40);
+  CHECK(summary["train"]["crops_per_s"].get<double>() == Approx(4 * summary["train"]["images_per_s"].get<double>()));
+  const double trained = summary["eval"]["linear_probe"]["accuracy"];
+  const double untrained = summary["eval"]["linear_probe_untrained"]["accuracy"];
+  CHECK(trained > untrained + 0.1);
+  CHECK(trained <= 1.0);
+  CHECK(summary["eval"]["knn"]["accuracy"].get<double>() > 0.5);
+  CHECK(summary["eval"].contains("knn_untrained"));
+  CHECK(std::filesystem::exists(dir.path() / "resolved.toml"));
+  CHECK(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000040.pt"));
+}
+
+TEST_CASE("an interrupted and resumed run ends with the same weights as an uninterrupted one", "[run][resume]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", kTinyRun);
+  const std::string whole = (dir.path() / "whole").string(), split = (dir.path() / "split").string();
+  REQUIRE(run_host("--config " + file.string() + " --set run.dir=" + whole).exit_code == 0);
+  const auto first = run_host("--config " + file.string() + " --set run.dir=" + split + " --until-step 6");
+  REQUIRE(first.exit_code == 0);
+  CHECK_THAT(first.output, Contains("--resume"));
+  CHECK_FALSE(std::filesystem::exists(split + "/summary.json"));
+  const auto second = run_host("--config " + file.string() + " --set run.dir=" + split + " --resume");
+  INFO(second.output);
+  REQUIRE(second.exit_code == 0);
+  CHECK_THAT(second.output, Contains("resumed from"));
+
+  const auto a = cfamc::host::load_checkpoint(whole + "/checkpoints/step-000000016.pt");
+  const auto b = cfamc::host::load_checkpoint(split + "/checkpoints/step-000000016.pt");
+  REQUIRE(a.size() == b.size());
+  int64_t compared = 0;
+  for (const auto& [name, tensor] : a) {
+    INFO(name);
+    REQUIRE(b.count(name) == 1);
+    CHECK(torch::equal(tensor, b.at(name)));
+    ++compared;
+  }
+  CHECK(compared > 20);
+  // The metrics of the resumed run continue where the first part stopped.
+  const auto lines = read_lines(split + "/metrics.jsonl");
+  REQUIRE(lines.size() == 8);
+  CHECK(lines.back()["step"] == 16);
+}
+
+TEST_CASE("a NaN loss stops the run with exit code 5 and keeps the last good checkpoint", "[run]") {
+  cfamc::test::TempDir dir;
+  std::string run = kTinyRun;
+  run.replace(run.find("[views.crops]"), std::string("[views.crops]").size(), "[views.views]");
+  run = run.substr(0, run.find("[objective]")) + "[objective]\nplugin = \"nan_after\"\nfinite_steps = 3\n";
+  const auto file = dir.write("nan.toml", run);
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + dir.path().string(),
+                            cfamc::test::test_plugin("nan_objective"));
+  CHECK(out.exit_code == 5);
+  CHECK_THAT(out.output, Contains("error: the training loss became NaN or infinite at or before step 4"));
+  CHECK_THAT(out.output, Contains("step-000000002.pt"));
+  CHECK(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000002.pt"));
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000004.pt"));
+}
+
+TEST_CASE("missing data exits 4 naming the file", "[run]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", kTinyRun);
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + dir.path().string() +
+                            " --set data.dataset=mnist --set data.root=/nonexistent");
+  CHECK(out.exit_code == 4);
+  CHECK_THAT(out.output, Contains("error: data file /nonexistent/train-images-idx3-ubyte[.gz] does not exist"));
+}
+
+TEST_CASE("a view group the objective needs but the run file lacks is named", "[run]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", kTinyRun);
+  const auto out = run_host("--config " + file.string() + " --validate --set objective.group=patches");
+  CHECK(out.exit_code == 2);
+  CHECK_THAT(out.output, Contains("consumes view group 'patches'; add a [views.patches] table"));
+}
