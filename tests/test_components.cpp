@@ -4,6 +4,9 @@
 #include "torch_catch.hpp"
 
 #include "config/options.hpp"
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "augment/views.hpp"
 #include "eval/eval_services.hpp"
 #include "failure.hpp"
 #include "plugins/components.hpp"
@@ -235,6 +238,41 @@ TEST_CASE("knn through the evaluator services reports accuracy of a separable pr
   const double accuracy = services.metrics()["accuracy"].get<double>();
   CHECK(accuracy >= 0.9);
   CHECK(accuracy <= 1.0);
+}
+
+TEST_CASE("linear_probe and multicrop learn a separable problem; multicrop averages view groups", "[evaluator]") {
+  auto backbone = convnet();
+  auto images = [](int64_t n, int64_t cls) {
+    at::Tensor x = torch::randint(0, 60, {n, 3, 8, 8}, torch::kUInt8);
+    x.select(1, cls).add_(180);
+    return x;
+  };
+  auto split = [&](int64_t n) {
+    return DatasetSplit{torch::cat({images(n, 0), images(n, 1)}),
+                        torch::cat({torch::zeros({n}, torch::kLong), torch::ones({n}, torch::kLong)})};
+  };
+  ViewRecipe crops;
+  crops.name = "eval_crops";
+  crops.count = 3;
+  crops.size = 8;
+  at::Generator generator = at::detail::createCPUGenerator(5);
+  int64_t view_calls = 0;
+  const auto view_maker = [&](const std::string& group, const at::Tensor& batch) {
+    CHECK(group == "eval_crops");
+    ++view_calls;
+    return make_views(crops, batch, generator);
+  };
+  cfamc::test::TempDir dir;
+  const std::string options = "feature = \"backbone\"\nepochs = 30\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 20";
+  for (const char* name : {"linear_probe", "multicrop"}) {
+    INFO(name);
+    auto evaluator = make<Evaluator>(CFAMC_KIND_EVALUATOR, name, options, backbone->feature_dim());
+    EvalServices services(*backbone, nullptr, {{"train", split(40)}, {"test", split(20)}}, {}, dir.path(), view_maker);
+    evaluator->evaluate(*services.get());
+    CHECK(services.metrics()["accuracy"].get<double>() >= 0.9);
+    CHECK(services.metrics().contains("train_accuracy"));
+  }
+  CHECK(view_calls == 2);  // train and test, one encode batch each
 }
 
 TEST_CASE("evaluator services: attacks by id, nested reports, artifact paths", "[evaluator]") {

@@ -148,4 +148,11 @@ TEST_CASE("ResNets: feature sizes and parameter counts of the known architecture
   CHECK(r18->forward(torch::rand({2, 3, 32, 32})).sizes() == at::IntArrayRef({2, 512}));
   const auto preact = backbone("preact_resnet18");
   CHECK(preact->forward(torch::rand({2, 3, 32, 32})).sizes() == at::IntArrayRef({2, 512}));
+  // RobustBench's WideResNet-34-10 has 46,160,474 parameters with its 640 x 10 classifier.
+  const auto wrn = backbone("wrn34_10");
+  CHECK(parameter_count(*wrn) == 46160474 - 6410);
+  CHECK(wrn->feature_dim() == 640);
+  const auto v2 = backbone("resnet50v2");
+  CHECK(v2->feature_dim() == 2048);
+  CHECK(v2->forward(torch::rand({2, 3, 32, 32})).sizes() == at::IntArrayRef({2, 2048}));
 }

@@ -1,6 +1,7 @@
 // ResNets for small images, torchvision's definitions with the CIFAR stem (3x3 stride-1 conv, no max-pool):
-// resnet18 and resnet34 (basic blocks), resnet50 (bottlenecks); and preact_resnet18 (He et al. 2016, as the
-// fast/free adversarial-training literature uses it). Every BatchNorm exists once per branch, selected per
+// resnet18 and resnet34 (basic blocks), resnet50 (bottlenecks); the pre-activation family (He et al. 2016):
+// preact_resnet18 (fast/free adversarial training), resnet50v2 (Adv-SS pre-training) and wrn34_10
+// (WideResNet-34-10, the RobustBench standard). Every BatchNorm exists once per branch, selected per
 // forward; normalisation happens inside; the output is the globally pooled feature (no classifier).
 #include <cfamc/plugin.hpp>
 
@@ -29,21 +30,26 @@ nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
 }
 
-// A residual block: `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3, 1x1 with 4x expansion) or
-// `preact` (BN-ReLU before each conv, He et al. 2016).
+// A residual block: `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3, 1x1 with 4x expansion), or their
+// pre-activation forms `preact` and `preact_bottleneck` (BN-ReLU before each conv; the shortcut, where the
+// shape changes, takes the pre-activated input).
 class BlockImpl : public nn::Module {
  public:
-  enum class Kind { basic, bottleneck, preact };
-  static int64_t expansion(Kind kind) { return kind == Kind::bottleneck ? 4 : 1; }
+  enum class Kind { basic, bottleneck, preact, preact_bottleneck };
+  static bool bottleneck(Kind kind) { return kind == Kind::bottleneck || kind == Kind::preact_bottleneck; }
+  static bool preactivated(Kind kind) { return kind == Kind::preact || kind == Kind::preact_bottleneck; }
+  static int64_t expansion(Kind kind) { return bottleneck(kind) ? 4 : 1; }
 
   BlockImpl(Kind kind, int64_t in, int64_t planes, int64_t stride, int64_t branches) : kind_(kind) {
     const int64_t out = planes * expansion(kind);
-    if (kind == Kind::bottleneck) {
+    const bool pre = preactivated(kind);
+    if (bottleneck(kind)) {
       convs_ = {conv(in, planes, 1, 1), conv(planes, planes, 3, stride), conv(planes, out, 1, 1)};
-      norms_ = {BranchedBatchNorm(planes, branches), BranchedBatchNorm(planes, branches), BranchedBatchNorm(out, branches)};
+      norms_ = {BranchedBatchNorm(pre ? in : planes, branches), BranchedBatchNorm(planes, branches),
+                BranchedBatchNorm(pre ? planes : out, branches)};
     } else {
       convs_ = {conv(in, planes, 3, stride), conv(planes, planes, 3, 1)};
-      norms_ = {BranchedBatchNorm(kind == Kind::preact ? in : planes, branches), BranchedBatchNorm(planes, branches)};
+      norms_ = {BranchedBatchNorm(pre ? in : planes, branches), BranchedBatchNorm(planes, branches)};
     }
     for (size_t i = 0; i < convs_.size(); ++i) {
       register_module("conv" + std::to_string(i + 1), convs_[i]);
@@ -51,16 +57,16 @@ class BlockImpl : public nn::Module {
     }
     if (stride != 1 || in != out) {
       shortcut_ = register_module("shortcut", conv(in, out, 1, stride));
-      if (kind != Kind::preact) shortcut_norm_ = register_module("shortcut_bn", BranchedBatchNorm(out, branches));
+      if (!pre) shortcut_norm_ = register_module("shortcut_bn", BranchedBatchNorm(out, branches));
     }
   }
 
   at::Tensor forward(const at::Tensor& x, int32_t branch) {
-    if (kind_ == Kind::preact) {
+    if (preactivated(kind_)) {
       const at::Tensor pre = torch::relu(norms_[0]->forward(x, branch));
       const at::Tensor identity = shortcut_ ? shortcut_->forward(pre) : x;
       at::Tensor h = convs_[0]->forward(pre);
-      h = convs_[1]->forward(torch::relu(norms_[1]->forward(h, branch)));
+      for (size_t i = 1; i < convs_.size(); ++i) h = convs_[i]->forward(torch::relu(norms_[i]->forward(h, branch)));
       return h + identity;
     }
     at::Tensor h = x;
@@ -81,9 +87,13 @@ class BlockImpl : public nn::Module {
 };
 TORCH_MODULE(Block);
 
+// Stages of `blocks[i]` blocks of `planes[i]` planes; the first stage keeps the resolution, each later one
+// halves it.
 struct Architecture {
   BlockImpl::Kind kind;
-  std::array<int64_t, 4> blocks;
+  std::vector<int64_t> blocks;
+  std::vector<int64_t> planes;
+  int64_t stem;
 };
 
 std::vector<cfamc_option_decl> common_options() {
@@ -105,12 +115,12 @@ class ResNetBase : public cfamc::Backbone {
     in_channels_ = in_channels;
     channels_last_ = ctx.flag("channels_last");
     set_normalisation(ctx.reals("mean"), ctx.reals("std"));
-    const bool preact = arch.kind == BlockImpl::Kind::preact;
-    stem_ = register_module("conv1", conv(in_channels, 64, 3, 1));
-    if (!preact) stem_norm_ = register_module("bn1", BranchedBatchNorm(64, branches));
-    int64_t in = 64;
-    for (int stage = 0; stage < 4; ++stage) {
-      const int64_t planes = int64_t{64} << stage;
+    const bool preact = BlockImpl::preactivated(arch.kind);
+    stem_ = register_module("conv1", conv(in_channels, arch.stem, 3, 1));
+    if (!preact) stem_norm_ = register_module("bn1", BranchedBatchNorm(arch.stem, branches));
+    int64_t in = arch.stem;
+    for (size_t stage = 0; stage < arch.blocks.size(); ++stage) {
+      const int64_t planes = arch.planes[stage];
       // A ModuleList per stage gives torchvision's parameter names: layer1.0.conv1.weight, ...
       auto layer = register_module("layer" + std::to_string(stage + 1), nn::ModuleList());
       for (int64_t i = 0; i < arch.blocks[stage]; ++i) {
@@ -189,24 +199,36 @@ class ResNetBase : public cfamc::Backbone {
   at::Tensor mean_, std_;
 };
 
-#define CFAMC_RESNET(CLASS, NAME, SUMMARY, KIND, B1, B2, B3, B4)                                        \
-  class CLASS : public ResNetBase {                                                                     \
-   public:                                                                                              \
-    static constexpr const char* name = NAME;                                                           \
-    static constexpr const char* summary = SUMMARY;                                                     \
-    static std::vector<cfamc_option_decl> options() { return common_options(); }                         \
-    explicit CLASS(const cfamc::Context& ctx) : ResNetBase(ctx, {BlockImpl::Kind::KIND, {B1, B2, B3, B4}}) {} \
-                                                                                                        \
-   protected:                                                                                           \
-    const char* info_name() const override { return NAME; }                                             \
+#define CFAMC_RESNET(CLASS, NAME, SUMMARY, ...)                                       \
+  class CLASS : public ResNetBase {                                                   \
+   public:                                                                            \
+    static constexpr const char* name = NAME;                                         \
+    static constexpr const char* summary = SUMMARY;                                   \
+    static std::vector<cfamc_option_decl> options() { return common_options(); }       \
+    explicit CLASS(const cfamc::Context& ctx) : ResNetBase(ctx, Architecture{__VA_ARGS__}) {} \
+                                                                                      \
+   protected:                                                                         \
+    const char* info_name() const override { return NAME; }                           \
   };
 
-CFAMC_RESNET(ResNet18, "resnet18", "ResNet-18, CIFAR stem, basic blocks [2,2,2,2], 512-d", basic, 2, 2, 2, 2)
-CFAMC_RESNET(ResNet34, "resnet34", "ResNet-34, CIFAR stem, basic blocks [3,4,6,3], 512-d", basic, 3, 4, 6, 3)
-CFAMC_RESNET(ResNet50, "resnet50", "ResNet-50, CIFAR stem, bottlenecks [3,4,6,3], 2048-d", bottleneck, 3, 4, 6, 3)
-CFAMC_RESNET(PreActResNet18, "preact_resnet18", "PreAct ResNet-18 (fast/free AT literature), 512-d", preact, 2, 2, 2, 2)
+using Kind = BlockImpl::Kind;
+const std::vector<int64_t> kResNetPlanes = {64, 128, 256, 512};
+
+CFAMC_RESNET(ResNet18, "resnet18", "ResNet-18, CIFAR stem, basic blocks [2,2,2,2], 512-d", Kind::basic, {2, 2, 2, 2},
+             kResNetPlanes, 64)
+CFAMC_RESNET(ResNet34, "resnet34", "ResNet-34, CIFAR stem, basic blocks [3,4,6,3], 512-d", Kind::basic, {3, 4, 6, 3},
+             kResNetPlanes, 64)
+CFAMC_RESNET(ResNet50, "resnet50", "ResNet-50, CIFAR stem, bottlenecks [3,4,6,3], 2048-d", Kind::bottleneck,
+             {3, 4, 6, 3}, kResNetPlanes, 64)
+CFAMC_RESNET(PreActResNet18, "preact_resnet18", "PreAct ResNet-18 (fast/free AT literature), 512-d", Kind::preact,
+             {2, 2, 2, 2}, kResNetPlanes, 64)
+CFAMC_RESNET(ResNet50v2, "resnet50v2", "ResNet-50 v2 for 32x32: pre-activation bottlenecks [3,4,6,3], 2048-d",
+             Kind::preact_bottleneck, {3, 4, 6, 3}, kResNetPlanes, 64)
+CFAMC_RESNET(WideResNet34x10, "wrn34_10", "WideResNet-34-10 (RobustBench): 3 stages of 5 pre-activation blocks, 640-d",
+             Kind::preact, {5, 5, 5}, {160, 320, 640}, 16)
 
 }  // namespace
 
 CFAMC_PLUGIN("resnet", "0.1.0", cfamc::component<ResNet18>(), cfamc::component<ResNet34>(),
-             cfamc::component<ResNet50>(), cfamc::component<PreActResNet18>())
+             cfamc::component<ResNet50>(), cfamc::component<PreActResNet18>(), cfamc::component<ResNet50v2>(),
+             cfamc::component<WideResNet34x10>())

@@ -1,5 +1,7 @@
-// Linear probe: a linear classifier trained on frozen features (the backbone output or the objective's
-// representation), reporting top-1 accuracy on the test split. Features are computed once, in eval mode.
+// Linear evaluation of a frozen encoder: a linear classifier trained on features computed once in eval mode
+// (the backbone output or the objective's representation), reporting top-1 accuracy on the test split.
+// `linear_probe` uses each image's feature; `multicrop` the mean feature of N augmented views of each
+// image (EMP-SSL's bag-of-features), from a view group of the run file.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -8,11 +10,9 @@
 
 namespace {
 
-class LinearProbe : public cfamc::Evaluator {
+class LinearEvaluation : public cfamc::Evaluator {
  public:
-  static constexpr const char* name = "linear_probe";
-  static constexpr const char* summary = "linear classifier on frozen features; top-1 test accuracy";
-  static std::vector<cfamc_option_decl> options() {
+  static std::vector<cfamc_option_decl> linear_options() {
     return {
         cfamc::option("feature", CFAMC_OPTION_STRING, "\"representation\"", "\"backbone\" or \"representation\""),
         cfamc::option("epochs", CFAMC_OPTION_INT, "100", "passes over the training features"),
@@ -27,7 +27,7 @@ class LinearProbe : public cfamc::Evaluator {
     };
   }
 
-  explicit LinearProbe(const cfamc::Context& ctx)
+  explicit LinearEvaluation(const cfamc::Context& ctx)
       : Evaluator(ctx),
         epochs_(ctx.integer("epochs")),
         batch_size_(ctx.integer("batch_size")),
@@ -93,13 +93,17 @@ class LinearProbe : public cfamc::Evaluator {
     services.report("train_accuracy", accuracy(head, train_features, train_labels));
   }
 
+ protected:
+  // The features of one batch of uint8 images.
+  virtual at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const = 0;
+  cfamc_feature feature() const { return feature_; }
+
  private:
   at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> out;
     for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
-      const at::Tensor x = images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0);
-      out.push_back(services.encode(x, feature_));
+      out.push_back(batch_features(services, images.slice(0, start, start + encode_batch_size_)));
     }
     return torch::cat(out, 0);
   }
@@ -117,6 +121,42 @@ class LinearProbe : public cfamc::Evaluator {
   cfamc_feature feature_ = CFAMC_FEATURE_REPRESENTATION;
 };
 
+class LinearProbe : public LinearEvaluation {
+ public:
+  static constexpr const char* name = "linear_probe";
+  static constexpr const char* summary = "linear classifier on frozen features; top-1 test accuracy";
+  static std::vector<cfamc_option_decl> options() { return linear_options(); }
+  using LinearEvaluation::LinearEvaluation;
+
+ protected:
+  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const override {
+    return services.encode(images.to(torch::kFloat).div(255.0), feature());
+  }
+};
+
+class MultiCrop : public LinearEvaluation {
+ public:
+  static constexpr const char* name = "multicrop";
+  static constexpr const char* summary = "linear classifier on the mean feature of N augmented views (bag-of-features)";
+  static std::vector<cfamc_option_decl> options() {
+    auto declared = linear_options();
+    declared.push_back(cfamc::option("group", CFAMC_OPTION_STRING, "\"eval_crops\"",
+                                     "the run file's view group whose views are averaged ([views.<group>] count = N)"));
+    return declared;
+  }
+  explicit MultiCrop(const cfamc::Context& ctx) : LinearEvaluation(ctx), group_(ctx.text("group")) {}
+
+ protected:
+  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const override {
+    const at::Tensor views = services.make_views(group_, images);  // [N*B, C, S, S], view-major
+    const at::Tensor features = services.encode(views, feature());
+    return features.view({-1, images.size(0), features.size(1)}).mean(0);
+  }
+
+ private:
+  std::string group_;
+};
+
 }  // namespace
 
-CFAMC_PLUGIN("linear_probe", "0.1.0", cfamc::component<LinearProbe>())
+CFAMC_PLUGIN("linear_probe", "0.1.0", cfamc::component<LinearProbe>(), cfamc::component<MultiCrop>())
