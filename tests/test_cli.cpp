@@ -134,6 +134,18 @@ TEST_CASE("a run writes the resolved run file into [run] dir", "[cli]") {
   CHECK_THAT(text.str(), Contains("control = true"));
 }
 
+TEST_CASE("every shipped run file validates", "[cli][configs]") {
+  int64_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(CFAMC_SOURCE_DIR) + "/configs")) {
+    if (entry.path().extension() != ".toml") continue;
+    INFO(entry.path());
+    const auto out = run_host("--config " + entry.path().string() + " --validate");
+    CHECK(out.exit_code == 0);
+    ++files;
+  }
+  CHECK(files >= 4);
+}
+
 TEST_CASE("docs/config.md is the generated reference", "[cli][docs]") {
   const auto out = run_host("--config-reference");
   REQUIRE(out.exit_code == 0);

@@ -122,6 +122,18 @@ TEST_CASE("an interrupted and resumed run ends with the same weights as an unint
   CHECK(lines.back()["step"] == 16);
 }
 
+TEST_CASE("a run directory with checkpoints is not started over without --fresh", "[run][resume]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", kTinyRun);
+  const std::string args = "--config " + file.string() + " --set run.dir=" + dir.path().string() + " --until-step 2";
+  REQUIRE(run_host(args).exit_code == 0);
+  const auto again = run_host(args);
+  CHECK(again.exit_code == 2);
+  CHECK_THAT(again.output, Contains("already holds checkpoints"));
+  CHECK(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000002.pt"));
+  CHECK(run_host(args + " --fresh").exit_code == 0);
+}
+
 TEST_CASE("a NaN loss stops the run with exit code 5 and keeps the last good checkpoint", "[run]") {
   cfamc::test::TempDir dir;
   std::string run = kTinyRun;

@@ -28,6 +28,7 @@ struct Options {
   bool validate = false;
   bool resume = false;
   int64_t until_step = 0;
+  bool fresh = false;
   bool version = false;
   bool list_plugins = false;
   bool json = false;
@@ -93,7 +94,7 @@ int run(const Options& options) {
   resolved << r.config.resolved() << "\n";
   write_file_atomically(dir / "resolved.toml", resolved.str());
   log(LogLevel::info, "run directory: " + dir.string());
-  run_training(r.config, r.registry, RunRequest{device, dir, options.resume, options.until_step});
+  run_training(r.config, r.registry, RunRequest{device, dir, options.resume, options.until_step, options.fresh});
   return 0;
 }
 
@@ -126,6 +127,7 @@ int run_cli(int argc, char** argv) {
   app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory");
   app.add_option("--until-step", options.until_step, "checkpoint and stop after this training step (resume later)")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--fresh", options.fresh, "start over in a run directory that holds checkpoints (deletes them)");
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");

@@ -171,6 +171,11 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
     if (std::ifstream in(untrained_file); in) untrained = json::parse(in, nullptr, false);
   } else {
     if (request.resume) log(LogLevel::warn, "--resume: no checkpoint in " + checkpoints.string() + "; starting fresh");
+    if (const auto existing = newest_checkpoint(checkpoints); existing && !request.fresh) {
+      fail(ExitCode::usage, "run directory " + run_dir.string() + " already holds checkpoints (" + existing->string() +
+                                "); continue it with --resume, start over with --fresh, or set another run.dir");
+    }
+    fs::remove_all(checkpoints);
     fs::remove(run_dir / "metrics.jsonl");
     untrained = evaluate_all(a, data, config, run_dir, /*untrained_controls=*/true);
     write_file_atomically(untrained_file, untrained.dump(2));

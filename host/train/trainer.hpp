@@ -16,6 +16,7 @@ struct RunRequest {
   std::filesystem::path run_dir;
   bool resume = false;      // continue from the newest checkpoint in run_dir/checkpoints
   int64_t until_step = 0;  // > 0: checkpoint and stop after this step, as a time-limited job would
+  bool fresh = false;      // start over even though run_dir has checkpoints (deleting them)
 };
 
 // Failure(data) for data problems, Failure(diverged) when the loss stops being finite (the last good
