@@ -10,6 +10,8 @@
 #include <random>
 #include <string>
 
+#include "run/run_dir.hpp"
+
 namespace cfamc::test {
 
 // A fresh directory under the system temp dir, removed when the object goes.
@@ -20,10 +22,7 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() / ("cfamc-test-" + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { cfamc::host::remove_tree(path_); }
   const std::filesystem::path& path() const { return path_; }
   std::filesystem::path write(const std::string& name, const std::string& text) const {
     const auto file = path_ / name;

@@ -1,6 +1,7 @@
 #include "run/run_dir.hpp"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,6 +37,15 @@ void write_file_atomically(const fs::path& path, const std::string& content) {
     const int err = errno;
     ::unlink(tmp.c_str());
     fail(ExitCode::other, "cannot replace " + path.string() + ": " + std::strerror(err));
+  }
+}
+
+void remove_tree(const fs::path& path) {
+  const auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); };
+  struct stat info {};
+  if (::lstat(path.c_str(), &info) != 0) return;
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    fail(ExitCode::other, "cannot delete " + path.string() + ": " + std::strerror(errno));
   }
 }
 

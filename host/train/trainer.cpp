@@ -175,7 +175,7 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
       fail(ExitCode::usage, "run directory " + run_dir.string() + " already holds checkpoints (" + existing->string() +
                                 "); continue it with --resume, start over with --fresh, or set another run.dir");
     }
-    fs::remove_all(checkpoints);
+    remove_tree(checkpoints);
     fs::remove(run_dir / "metrics.jsonl");
     untrained = evaluate_all(a, data, config, run_dir, /*untrained_controls=*/true);
     write_file_atomically(untrained_file, untrained.dump(2));
