@@ -99,6 +99,29 @@ TEST_CASE("CIFAR binary batches load; a partial record is refused", "[data]") {
              Contains("expected whole CIFAR records of 3073 bytes"));
 }
 
+TEST_CASE("CIFAR-100 reads the fine label; STL-10 is column-major with labels 1..10", "[data]") {
+  cfamc::test::TempDir dir;
+  std::string record(2 + 3072, '\0');
+  record[0] = char(3);   // coarse
+  record[1] = char(42);  // fine
+  dir.write("train.bin", record + record);
+  const ImageSet cifar100 = load_split({"cifar100", dir.path().string()}, "train");
+  CHECK(cifar100.labels.sizes() == at::IntArrayRef({2}));
+  CHECK(cifar100.labels[1].item<int64_t>() == 42);
+
+  // One 96x96 image whose stored byte at (channel 0, column 1, row 0) is 7: pixel (row 0, column 1).
+  std::string image(3 * 96 * 96, '\0');
+  image[96] = char(7);
+  dir.write("test_X.bin", image);
+  dir.write("test_y.bin", std::string(1, char(10)));
+  const ImageSet stl = load_split({"stl10", dir.path().string()}, "test");
+  REQUIRE(stl.images.sizes() == at::IntArrayRef({1, 3, 96, 96}));
+  CHECK(stl.images[0][0][0][1].item<int>() == 7);
+  CHECK(stl.labels[0].item<int64_t>() == 9);
+  dir.write("test_y.bin", "");
+  CHECK_THAT(data_failure([&] { load_split({"stl10", dir.path().string()}, "test"); }), Contains("expected 1 labels"));
+}
+
 TEST_CASE("the sampler visits every sample once per epoch, reproducibly", "[data]") {
   EpochSampler sampler(103, 10, 42);
   CHECK(sampler.steps_per_epoch() == 10);  // the incomplete last batch is dropped

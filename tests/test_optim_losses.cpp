@@ -59,6 +59,27 @@ TEST_CASE("SGD with Nesterov momentum matches LibTorch's SGD over several steps"
   CHECK(torch::allclose(mine, theirs, 1e-6, 1e-6));
 }
 
+TEST_CASE("AdamW matches LibTorch's AdamW over several steps", "[optim]") {
+  torch::manual_seed(1);
+  at::Tensor mine = torch::randn({4, 3}).requires_grad_(true);
+  at::Tensor theirs = mine.detach().clone().requires_grad_(true);
+  OptimizerConfig config;
+  config.kind = "adamw";
+  config.weight_decay = 0.05;
+  Optimizer optimizer(config, {{"w", mine}});
+  torch::optim::AdamW reference({theirs}, torch::optim::AdamWOptions(1e-2).weight_decay(0.05));
+  for (int step = 0; step < 5; ++step) {
+    const at::Tensor target = torch::randn({4, 3});
+    optimizer.zero_grad();
+    reference.zero_grad();
+    (mine - target).pow(2).sum().backward();
+    (theirs - target).pow(2).sum().backward();
+    optimizer.step(1e-2);
+    reference.step();
+  }
+  CHECK(torch::allclose(mine, theirs, 1e-6, 1e-6));
+}
+
 TEST_CASE("schedules: warm-up, cosine to min_lr, multistep", "[optim]") {
   ScheduleConfig cosine;
   CHECK(learning_rate(cosine, 1.0, 0, 100) == Approx(1.0));

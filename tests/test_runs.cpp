@@ -16,8 +16,12 @@ namespace {
 
 const std::string kQuickstart = std::string(CFAMC_SOURCE_DIR) + "/configs/quickstart.toml";
 
-// A run small enough for a test: a narrow CNN, EMP-SSL with 2 crops, no evaluators.
+// A run small enough for a test: a narrow CNN, EMP-SSL with 2 crops, no evaluators. On the CPU, where runs
+// are bit-exact (GPU kernels need not be).
 const char* kTinyRun = R"(
+[run]
+device = "cpu"
+
 [data]
 dataset = "fashion_mnist"
 train_subset = 400
@@ -68,7 +72,8 @@ std::vector<json> read_lines(const std::filesystem::path& file) {
 TEST_CASE("a short EMP-SSL run: loss falls, the probe beats the untrained control", "[run]") {
   cfamc::test::TempDir dir;
   const auto out = run_host("--config " + kQuickstart + " --set run.dir=" + dir.path().string() +
-                            " --set data.train_subset=2000 --set data.test_subset=1000 --set train.log_every=5");
+                            " --set run.device=cpu --set data.train_subset=2000 --set data.test_subset=1000" +
+                            " --set train.log_every=5");
   INFO(out.output);
   REQUIRE(out.exit_code == 0);
   const auto lines = read_lines(dir.path() / "metrics.jsonl");
