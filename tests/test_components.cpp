@@ -205,6 +205,82 @@ TEST_CASE("pgd: zero steps from a zero start is the identity, and L2 stays in it
   CHECK(delta.abs().max().item<double>() > 0);
 }
 
+TEST_CASE("fgsm and fgsm_rs stay in the ball and [0,1] and do not lower the loss", "[attack]") {
+  auto backbone = convnet();
+  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                backbone->feature_dim());
+  TensorMap clean;
+  clean.insert("view1", torch::rand({8, 3, 8, 8}));
+  clean.insert("view2", torch::rand({8, 3, 8, 8}));
+  TensorMap attacked;
+  attacked.insert("view2", clean["view2"]);
+  for (const char* name : {"fgsm", "fgsm_rs"}) {
+    INFO(name);
+    auto attack = make<Attack>(CFAMC_KIND_ATTACK, name, "epsilon = \"4/255\"");
+    ObjectiveOracle oracle{*simclr, *backbone, clean};
+    const cfamc_oracle c_oracle = oracle.get();
+    const at::Tensor adversarial = attack->perturb(c_oracle, attacked)["view2"];
+    CHECK(oracle.calls == 1);
+    CHECK((adversarial - clean["view2"]).abs().max().item<double>() <= 4.0 / 255 + 1e-6);
+    CHECK(adversarial.min().item<double>() >= 0);
+    CHECK(adversarial.max().item<double>() <= 1);
+    torch::NoGradGuard no_grad;
+    TensorMap adv;
+    adv.insert("view2", adversarial);
+    CHECK(simclr->loss(*backbone, clean, adv, CFAMC_PHASE_ATTACK).loss.item<double>() >=
+          simclr->loss(*backbone, clean, attacked, CFAMC_PHASE_ATTACK).loss.item<double>());
+  }
+}
+
+TEST_CASE("pgd restarts keep, per sample, the run with the highest loss", "[attack]") {
+  // Zero steps from a random start: each restart is one random point. With the same seed, the first
+  // restart equals the single run, so per sample the best of 8 is at least as strong, and mostly stronger.
+  const at::Tensor x = torch::full({64, 1, 2, 2}, 0.5);
+  TensorMap inputs;
+  inputs.insert("x", x);
+  const auto loss = [](void*, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
+    *out = make_handle((to_map(in)["x"] - 0.5).pow(2).flatten(1).sum(1));
+    return nullptr;
+  };
+  const cfamc_oracle oracle{sizeof(cfamc_oracle), nullptr, loss, nullptr, nullptr};
+  const auto per_sample = [&](const at::Tensor& adv) { return (adv - 0.5).pow(2).flatten(1).sum(1); };
+  auto once = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 0\nepsilon = 0.1");
+  auto eight = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 0\nepsilon = 0.1\nrestarts = 8");
+  const at::Tensor single = per_sample(once->perturb(oracle, inputs)["x"]);
+  const at::Tensor best = per_sample(eight->perturb(oracle, inputs)["x"]);
+  CHECK((best >= single).all().item<bool>());
+  CHECK((best > single).to(torch::kDouble).mean().item<double>() > 0.5);
+}
+
+TEST_CASE("free: the perturbation persists across replays and minibatches and follows the gradient", "[attack]") {
+  auto free = make<Attack>(CFAMC_KIND_ATTACK, "free", "epsilon = 0.1\nstep_size = 0.04\nreplays = 3");
+  CHECK(free->replays() == 3);
+  CHECK(free->observes());
+  const cfamc_oracle unused{sizeof(cfamc_oracle), nullptr, nullptr, nullptr, nullptr};
+  const at::Tensor x = torch::full({2, 1, 2, 2}, 0.5);
+  TensorMap inputs;
+  inputs.insert("crops", x);
+  CHECK(torch::equal(free->perturb(unused, inputs)["crops"], x));  // starts at zero
+  TensorMap gradient;
+  gradient.insert("crops", torch::ones_like(x));
+  for (int replay = 0; replay < 3; ++replay) {
+    free->perturb(unused, inputs);
+    free->observe(gradient);
+  }
+  // Three steps of 0.04, clipped to 0.1.
+  CHECK(torch::allclose(free->perturb(unused, inputs)["crops"], x + 0.1));
+  at::Tensor state;
+  for (const auto& t : free->named_tensors())
+    if (t.name == "delta" && t.role == CFAMC_ROLE_STATE) state = t.tensor;
+  REQUIRE(state.defined());
+  CHECK(torch::allclose(state, torch::full_like(x, 0.1)));
+  // A new minibatch near the top of [0,1]: the carried delta is re-projected onto the box.
+  TensorMap next;
+  next.insert("crops", torch::full({2, 1, 2, 2}, 0.95));
+  CHECK(free->perturb(unused, next)["crops"].max().item<double>() <= 1.0);
+  CHECK(torch::allclose(state, torch::full_like(x, 0.05)));
+}
+
 TEST_CASE("a plain C plugin works on host tensors through DLPack", "[attack][dlpack]") {
   auto shift = make<Attack>(CFAMC_KIND_ATTACK, "c_shift", "epsilon = 0.25");
   // A non-contiguous input: the plugin must honour strides.

@@ -73,7 +73,8 @@ TEST_CASE("a short EMP-SSL run: loss falls, the probe beats the untrained contro
   cfamc::test::TempDir dir;
   const auto out = run_host("--config " + kQuickstart + " --set run.dir=" + dir.path().string() +
                             " --set run.device=cpu --set data.train_subset=2000 --set data.test_subset=1000" +
-                            " --set train.log_every=5");
+                            " --set train.log_every=5 --set train.epochs=2 --set attack.from_epoch=2" +
+                            " --set evaluate.0.robust_max_images=100");
   INFO(out.output);
   REQUIRE(out.exit_code == 0);
   const auto lines = read_lines(dir.path() / "metrics.jsonl");
@@ -90,6 +91,13 @@ TEST_CASE("a short EMP-SSL run: loss falls, the probe beats the untrained contro
   const double untrained = summary["eval"]["linear_probe_untrained"]["accuracy"];
   CHECK(trained > untrained + 0.1);
   CHECK(trained <= 1.0);
+  // Robust accuracy under each evaluation attack, and the curve over their epsilons.
+  const json& robust = summary["eval"]["linear_probe"]["robust_accuracy"];
+  CHECK(robust["pgd8"].get<double>() <= robust["pgd2"].get<double>() + 1e-9);
+  CHECK(summary["eval"]["linear_probe"]["robustness_curve"].size() == 4);
+  CHECK(std::filesystem::exists(dir.path() / "artifacts" / "linear_probe" / "robustness_curve.svg"));
+  CHECK(summary["run"]["attack"] == "free");  // configured, but from epoch 2 of 2: never used
+  CHECK(summary["train"]["attack_calls"] == 0);
   CHECK(summary["eval"]["knn"]["accuracy"].get<double>() > 0.5);
   CHECK(summary["eval"].contains("knn_untrained"));
   CHECK(std::filesystem::exists(dir.path() / "resolved.toml"));
@@ -125,6 +133,54 @@ TEST_CASE("an interrupted and resumed run ends with the same weights as an unint
   const auto lines = read_lines(split + "/metrics.jsonl");
   REQUIRE(lines.size() == 8);
   CHECK(lines.back()["step"] == 16);
+}
+
+TEST_CASE("free training makes exactly one backward pass per replay and never calls the oracle", "[run][attack]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"free\"\nreplays = 3\n");
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + dir.path().string());
+  INFO(out.output);
+  REQUIRE(out.exit_code == 0);
+  CHECK_THAT(out.output, Contains("attack free, 3 replays per minibatch"));
+  const json train = read_json(dir.path() / "summary.json")["train"];
+  CHECK(train["steps"] == 16);
+  CHECK(train["attack_calls"] == 48);
+  CHECK(train["training_backward_passes"] == 48);
+  CHECK(train["optimizer_updates"] == 48);
+  CHECK(train["oracle_calls"] == 0);
+}
+
+TEST_CASE("set attack.plugin swaps the training attack; resuming with another attack is logged", "[run][attack]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"pgd\"\nepsilon = \"4/255\"\n");
+  const std::string base = "--config " + file.string() + " --set run.dir=" + dir.path().string();
+  const auto first = run_host(base + " --set attack.plugin=fgsm_rs --until-step 4");
+  INFO(first.output);
+  REQUIRE(first.exit_code == 0);
+  CHECK_THAT(first.output, Contains("attack fgsm_rs"));
+  const auto second = run_host(base + " --resume");
+  INFO(second.output);
+  REQUIRE(second.exit_code == 0);
+  CHECK_THAT(second.output, Contains("resuming with training attack 'pgd' (the run so far used 'fgsm_rs')"));
+  const json summary = read_json(dir.path() / "summary.json");
+  CHECK(summary["run"]["attack"] == "pgd");
+  CHECK(summary["train"]["oracle_calls"] == 12 * 10);  // 12 resumed steps of PGD-10
+}
+
+TEST_CASE("the weight-gradient accumulation quirk changes training; BatchNorm can be frozen during attacks", "[run][attack]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"pgd\"\nsteps = 2\n");
+  const auto final_weights = [&](const std::string& name, const std::string& extra) {
+    const std::string run_dir = (dir.path() / name).string();
+    const auto out = run_host("--config " + file.string() + " --set run.dir=" + run_dir + " --set train.epochs=1" + extra);
+    INFO(out.output);
+    REQUIRE(out.exit_code == 0);
+    return cfamc::host::load_checkpoint(run_dir + "/checkpoints/step-000000008.pt").at("backbone/conv0.weight");
+  };
+  const at::Tensor plain = final_weights("plain", "");
+  CHECK(torch::equal(plain, final_weights("plain_again", "")));
+  CHECK_FALSE(torch::equal(plain, final_weights("quirk", " --set attack.accumulate_weight_grads=true")));
+  CHECK_FALSE(torch::equal(plain, final_weights("eval_bn", " --set attack.bn_mode=eval")));
 }
 
 TEST_CASE("a run directory with checkpoints is not started over without --fresh", "[run][resume]") {

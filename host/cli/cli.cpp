@@ -86,10 +86,23 @@ int validate(const Options& options) {
   return 0;
 }
 
+// Resuming with another training attack is allowed; say so.
+void log_attack_change(const std::filesystem::path& previous, const RunConfig& config) {
+  std::string before = "none", now = "none";
+  try {
+    before = toml::parse_file(previous.string())["attack"]["plugin"].value_or(std::string("none"));
+  } catch (const std::exception&) {
+    return;  // no earlier run here
+  }
+  if (const ComponentConfig* attack = config.find(CFAMC_KIND_ATTACK)) now = attack->plugin;
+  if (before != now) log(LogLevel::warn, "resuming with training attack '" + now + "' (the run so far used '" + before + "')");
+}
+
 int run(const Options& options) {
   Resolved r = resolve(options);
   const std::string device = resolve_device(r.config.device, r.config.file);
   const auto dir = prepare_run_dir(r.config.dir);
+  if (options.resume) log_attack_change(dir / "resolved.toml", r.config);
   std::ostringstream resolved;
   resolved << r.config.resolved() << "\n";
   write_file_atomically(dir / "resolved.toml", resolved.str());

@@ -8,9 +8,11 @@
 namespace cfamc::host {
 namespace {
 
-const std::vector<std::string> kSections = {"run",      "plugins",   "data",   "views",
-                                            "train",    "backbone",  "objective", "attack", "evaluate"};
-const std::vector<std::string> kReserved = {"plugin", "id", "control"};
+const std::vector<std::string> kSections = {"run",      "plugins",  "data",      "views",  "train",
+                                            "backbone", "objective", "attack", "evaluate", "attacks"};
+// Keys of component tables that the host reads itself; the rest belong to the plugin.
+const std::vector<std::string> kReserved = {"plugin", "id", "control", "attacks"};
+const std::vector<std::string> kTrainingAttackKeys = {"bn_mode", "from_epoch", "accumulate_weight_grads"};
 
 struct SectionPlace {
   const char* name;
@@ -45,7 +47,7 @@ std::string plugin_name(const toml::table& table, const std::string& label, cons
 
 ComponentConfig component_at(const toml::table& table, cfamc_kind kind, const std::string& label,
                              const RunFile& run_file) {
-  ComponentConfig c{kind, label, label, plugin_name(table, label, run_file), {}, nullptr, false};
+  ComponentConfig c{kind, label, label, plugin_name(table, label, run_file), {}, nullptr, false, {}, {}};
   if (const toml::node* id = table.get("id")) {
     if (!id->is_string() || id->as_string()->get().empty()) {
       fail(ExitCode::usage, location_of(*id, run_file.file) + ": " + label + ".id: expected a non-empty string");
@@ -58,13 +60,15 @@ ComponentConfig component_at(const toml::table& table, cfamc_kind kind, const st
     }
     c.control = control->as_boolean()->get();
   }
+  if (const toml::node* attacks = table.get("attacks")) {
+    const toml::array* ids = attacks->as_array();
+    if (kind != CFAMC_KIND_EVALUATOR || ids == nullptr || !ids->is_homogeneous(toml::node_type::string)) {
+      fail(ExitCode::usage, location_of(*attacks, run_file.file) + ": " + label +
+                                ".attacks: a list of [attacks.<id>] names, and only in [[evaluate]] entries");
+    }
+    for (const auto& id : *ids) c.attacks.push_back(id.value_or(std::string()));
+  }
   return c;
-}
-
-toml::table without_reserved(const toml::table& options) {
-  toml::table out = options;
-  for (const auto& key : kReserved) out.erase(key);
-  return out;
 }
 
 }  // namespace
@@ -74,6 +78,15 @@ Schema run_section_schema() {
       {"dir", CFAMC_OPTION_STRING, "\"runs/default\"", "the run directory (created; resolved.toml and logs go there)"},
       {"seed", CFAMC_OPTION_INT, "0", "seed of every random stream of the run"},
       {"device", CFAMC_OPTION_STRING, "\"auto\"", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\""},
+  };
+}
+
+Schema training_attack_schema() {
+  return {
+      {"bn_mode", CFAMC_OPTION_STRING, "\"train\"", "BatchNorm mode during attack steps: \"train\" or \"eval\""},
+      {"from_epoch", CFAMC_OPTION_INT, "0", "train clean before this epoch, then with the attack"},
+      {"accumulate_weight_grads", CFAMC_OPTION_BOOL, "false",
+       "reference quirk (robust EMP-SSL): weight gradients of every attack step join the update"},
   };
 }
 
@@ -125,6 +138,14 @@ RunConfig resolve_host_sections(const RunFile& run_file) {
     }
     config.components.push_back(component_at(section_table(run_file, place.name), place.kind, place.name, run_file));
   }
+  for (const auto& [key, node] : section_table(run_file, "attacks")) {
+    const std::string id(key.str());
+    const toml::table* table = node.as_table();
+    if (table == nullptr) fail(ExitCode::usage, location_of(node, run_file.file) + ": attacks." + id + " must be a table");
+    ComponentConfig c = component_at(*table, CFAMC_KIND_ATTACK, "attacks." + id, run_file);
+    c.id = id;
+    config.components.push_back(std::move(c));
+  }
   if (const toml::node* node = run_file.table.get("evaluate")) {
     const toml::array* entries = node->as_array();
     if (entries == nullptr || !entries->is_array_of_tables()) {
@@ -153,12 +174,50 @@ void resolve_components(RunConfig& config, const RunFile& run_file, const Regist
     const toml::table* table = nullptr;
     if (c.kind == CFAMC_KIND_EVALUATOR) {
       table = run_file.table["evaluate"][evaluator_index++].as_table();
+    } else if (c.label.rfind("attacks.", 0) == 0) {
+      table = section_table(run_file, "attacks")[c.id].as_table();
     } else {
       table = &section_table(run_file, c.label);
     }
     c.info = &registry.find(c.kind, c.plugin);
-    c.options = without_reserved(resolve_options(*table, c.info->options, c.label, run_file.file, kReserved));
+    std::vector<std::string> reserved = kReserved;
+    if (c.label == "attack") {
+      toml::table host_keys;
+      for (const auto& key : kTrainingAttackKeys)
+        if (const toml::node* value = table->get(key)) host_keys.insert(key, *value);
+      c.host_options = resolve_options(host_keys, training_attack_schema(), c.label, run_file.file);
+      reserved.insert(reserved.end(), kTrainingAttackKeys.begin(), kTrainingAttackKeys.end());
+    }
+    toml::table options = resolve_options(*table, c.info->options, c.label, run_file.file, reserved);
+    for (const auto& key : reserved) options.erase(key);
+    c.options = std::move(options);
+    for (const auto& id : c.attacks) {
+      if (config.evaluation_attack(id) == nullptr) {
+        fail(ExitCode::usage, run_file.file + ": " + c.label + ".attacks names '" + id + "', but there is no [attacks." + id + "]");
+      }
+    }
   }
+  const TrainingAttackConfig attack = config.training_attack();
+  (void)attack;  // validates bn_mode now rather than at the first step
+}
+
+const ComponentConfig* RunConfig::evaluation_attack(const std::string& id) const {
+  for (const auto& c : components)
+    if (c.kind == CFAMC_KIND_ATTACK && c.label == "attacks." + id) return &c;
+  return nullptr;
+}
+
+TrainingAttackConfig RunConfig::training_attack() const {
+  TrainingAttackConfig out;
+  for (const auto& c : components) {
+    if (c.label != "attack") continue;
+    const std::string bn = c.host_options["bn_mode"].value_or(std::string("train"));
+    if (bn != "train" && bn != "eval") fail(ExitCode::usage, file + ": attack.bn_mode: \"train\" or \"eval\", not '" + bn + "'");
+    out.eval_mode_bn = bn == "eval";
+    out.from_epoch = c.host_options["from_epoch"].value_or(int64_t{0});
+    out.accumulate_weight_grads = c.host_options["accumulate_weight_grads"].value_or(false);
+  }
+  return out;
 }
 
 const ViewRecipe* RunConfig::view(const std::string& name) const {
@@ -169,7 +228,7 @@ const ViewRecipe* RunConfig::view(const std::string& name) const {
 
 const ComponentConfig* RunConfig::find(cfamc_kind kind) const {
   for (const auto& c : components)
-    if (c.kind == kind) return &c;
+    if (c.kind == kind && c.label.rfind("attacks.", 0) != 0) return &c;
   return nullptr;
 }
 
@@ -183,18 +242,26 @@ toml::table RunConfig::resolved() const {
   out.insert("train", train_table);
   if (!views_table.empty()) out.insert("views", views_table);
   toml::array evaluators;
+  toml::table attacks;
   for (const auto& c : components) {
     toml::table t = c.options;
     t.insert("plugin", c.plugin);
+    for (const auto& [key, value] : c.host_options) t.insert(key, value);
     if (c.kind == CFAMC_KIND_EVALUATOR) {
       t.insert("id", c.id);
       t.insert("control", c.control);
+      toml::array ids;
+      for (const auto& id : c.attacks) ids.push_back(id);
+      t.insert("attacks", std::move(ids));
       evaluators.push_back(std::move(t));
+    } else if (c.label.rfind("attacks.", 0) == 0) {
+      attacks.insert(c.id, std::move(t));
     } else {
       out.insert(c.label, std::move(t));
     }
   }
   if (!evaluators.empty()) out.insert("evaluate", std::move(evaluators));
+  if (!attacks.empty()) out.insert("attacks", std::move(attacks));
   return out;
 }
 

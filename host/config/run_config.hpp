@@ -29,6 +29,15 @@ struct ComponentConfig {
   toml::table options;  // validated, defaults filled in, without the host's reserved keys
   const ComponentInfo* info = nullptr;
   bool control = false;  // evaluators: also evaluate the untrained encoder, as "<id>_untrained"
+  std::vector<std::string> attacks;  // evaluators: ids of [attacks.<id>] to evaluate robustness under
+  toml::table host_options;          // the training attack: bn_mode, from_epoch, accumulate_weight_grads
+};
+
+// How the host runs the training attack ([attack] keys besides `plugin`).
+struct TrainingAttackConfig {
+  bool eval_mode_bn = false;             // BatchNorm mode during attack steps
+  int64_t from_epoch = 0;                // clean training before this epoch
+  bool accumulate_weight_grads = false;  // reference quirk: attack steps' weight gradients join the update
 };
 
 struct RunConfig {
@@ -40,10 +49,12 @@ struct RunConfig {
   DataConfig data;
   TrainConfig train;
   std::vector<ViewRecipe> views;
-  std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), then evaluators
+  std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), evaluators, [attacks.*]
   toml::table data_table, train_table, views_table;  // as resolved, for resolved()
 
   const ComponentConfig* find(cfamc_kind kind) const;
+  const ComponentConfig* evaluation_attack(const std::string& id) const;
+  TrainingAttackConfig training_attack() const;
   const ViewRecipe* view(const std::string& name) const;
   // The whole run file as resolved: every default written out.
   toml::table resolved() const;
@@ -52,6 +63,7 @@ struct RunConfig {
 // The host's own sections, as declarations (documented in docs/config.md).
 Schema run_section_schema();
 Schema plugins_section_schema();
+Schema training_attack_schema();
 
 // Step 1, before plugins are discovered: the sections the host reads itself, and the shape of the rest
 // (unknown top-level section -> error with the nearest known one).

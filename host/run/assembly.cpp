@@ -15,13 +15,24 @@ Assembly assemble(const RunConfig& config, const Registry& registry, const std::
         feature_dim = a.backbone->feature_dim();
         break;
       case CFAMC_KIND_OBJECTIVE: a.objective = instantiate<Objective>(registry, *c.info, std::move(setup)); break;
-      case CFAMC_KIND_ATTACK: a.attack = instantiate<Attack>(registry, *c.info, std::move(setup)); break;
+      case CFAMC_KIND_ATTACK:
+        if (c.label == "attack") a.attack = instantiate<Attack>(registry, *c.info, std::move(setup));
+        else a.evaluation_attacks.emplace_back(c.id, instantiate<Attack>(registry, *c.info, std::move(setup)));
+        break;
       case CFAMC_KIND_EVALUATOR:
         a.evaluators.emplace_back(&c, instantiate<Evaluator>(registry, *c.info, std::move(setup)));
         break;
     }
   }
   return a;
+}
+
+std::vector<std::pair<std::string, const Attack*>> Assembly::attacks_for(const ComponentConfig& evaluator) const {
+  std::vector<std::pair<std::string, const Attack*>> out;
+  for (const auto& id : evaluator.attacks)
+    for (const auto& [name, attack] : evaluation_attacks)
+      if (name == id) out.emplace_back(name, attack.get());
+  return out;
 }
 
 std::vector<const ViewRecipe*> view_groups_of(const RunConfig& config, const Objective& objective) {

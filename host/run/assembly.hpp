@@ -15,8 +15,12 @@ namespace cfamc::host {
 struct Assembly {
   std::unique_ptr<Backbone> backbone;
   std::unique_ptr<Objective> objective;
-  std::unique_ptr<Attack> attack;  // null: clean training
+  std::unique_ptr<Attack> attack;  // the training attack; null: clean training
   std::vector<std::pair<const ComponentConfig*, std::unique_ptr<Evaluator>>> evaluators;
+  std::vector<std::pair<std::string, std::unique_ptr<Attack>>> evaluation_attacks;  // [attacks.<id>] by id
+
+  // The evaluation attacks an evaluator names, by id.
+  std::vector<std::pair<std::string, const Attack*>> attacks_for(const ComponentConfig& evaluator) const;
 };
 
 Assembly assemble(const RunConfig& config, const Registry& registry, const std::string& device);

@@ -5,8 +5,9 @@
 
 namespace cfamc::host {
 
-ObjectiveOracle::ObjectiveOracle(const Objective& objective, const Backbone& backbone, const TensorMap& clean)
-    : objective_(objective), backbone_(backbone), clean_(clean) {}
+ObjectiveOracle::ObjectiveOracle(const Objective& objective, const Backbone& backbone, const TensorMap& clean,
+                                 bool accumulate_weight_grads)
+    : objective_(objective), backbone_(backbone), clean_(clean), accumulate_(accumulate_weight_grads) {}
 
 cfamc_oracle ObjectiveOracle::get() {
   return cfamc_oracle{sizeof(cfamc_oracle), this, &ObjectiveOracle::loss, nullptr, nullptr};
@@ -16,7 +17,10 @@ cfamc_error* ObjectiveOracle::loss(void* self, const cfamc_named_tensors* inputs
   auto* oracle = static_cast<ObjectiveOracle*>(self);
   ++oracle->calls_;
   try {
-    *out = make_handle(oracle->objective_.loss(oracle->backbone_, oracle->clean_, to_map(inputs), CFAMC_PHASE_ATTACK).loss);
+    at::Tensor loss = oracle->objective_.loss(oracle->backbone_, oracle->clean_, to_map(inputs), CFAMC_PHASE_ATTACK).loss;
+    // The graph stays for the attack's own gradient call.
+    if (oracle->accumulate_ && loss.requires_grad()) loss.sum().backward({}, /*retain_graph=*/true);
+    *out = make_handle(loss);
     return nullptr;
   } catch (const std::exception& e) {
     return make_error(CFAMC_ERROR_RUNTIME, e.what());

@@ -8,7 +8,10 @@ namespace cfamc::host {
 
 class ObjectiveOracle {
  public:
-  ObjectiveOracle(const Objective& objective, const Backbone& backbone, const TensorMap& clean);
+  // `accumulate_weight_grads`: the reference quirk of robust EMP-SSL — every attack step's backward also
+  // adds its weight gradients to those the training step will use.
+  ObjectiveOracle(const Objective& objective, const Backbone& backbone, const TensorMap& clean,
+                  bool accumulate_weight_grads = false);
   // Valid while this object lives.
   cfamc_oracle get();
   int64_t calls() const { return calls_; }
@@ -19,6 +22,7 @@ class ObjectiveOracle {
   const Objective& objective_;
   const Backbone& backbone_;
   const TensorMap& clean_;
+  bool accumulate_;
   int64_t calls_ = 0;
 };
 

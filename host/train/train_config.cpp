@@ -28,6 +28,8 @@ Schema train_schema() {
       {"log_every", CFAMC_OPTION_INT, "10", "steps between lines of metrics.jsonl (and progress lines)"},
       {"checkpoint_every", CFAMC_OPTION_INT, "0", "steps between checkpoints; 0: only at the end"},
       {"keep_checkpoints", CFAMC_OPTION_INT, "2", "newest checkpoints kept"},
+      {"free_schedule_undivided", CFAMC_OPTION_BOOL, "false",
+       "reference quirk (CF-AMC-SSL): with m replays the schedule still spans steps, not steps x m (cosine runs past its end)"},
   };
 }
 
@@ -56,6 +58,7 @@ TrainConfig train_config_from(const toml::table& t) {
   c.log_every = t["log_every"].value_or(int64_t{10});
   c.checkpoint_every = t["checkpoint_every"].value_or(int64_t{0});
   c.keep_checkpoints = t["keep_checkpoints"].value_or(int64_t{2});
+  c.free_schedule_undivided = t["free_schedule_undivided"].value_or(false);
 
   if (c.optimizer.kind != "sgd" && c.optimizer.kind != "lars" && c.optimizer.kind != "adamw") {
     fail(ExitCode::usage, "train.optimizer: '" + c.optimizer.kind + "' is not one of sgd, lars, adamw");

@@ -42,6 +42,7 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t checkpoint_every = 0;  // steps; 0: only at the end
   int64_t keep_checkpoints = 2;
+  bool free_schedule_undivided = false;  // reference quirk: schedule length counts minibatches, not replays
 };
 
 Schema train_schema();

@@ -14,6 +14,7 @@
 #include "data/datasets.hpp"
 #include "data/sampler.hpp"
 #include "eval/eval_services.hpp"
+#include "eval/robustness_curve.hpp"
 #include "failure.hpp"
 #include "log.hpp"
 #include "plugins/registry.hpp"
@@ -82,6 +83,18 @@ CheckpointTensors run_state(const Assembly& a, Optimizer& optimizer, const at::T
 
 // Copies a checkpoint into the live tensors. Attack state may be absent: resuming with another attack
 // is allowed.
+void set_encoder_training(const Assembly& a, bool training) {
+  a.backbone->set_training(training);
+  a.objective->set_training(training);
+}
+
+// Updates made so far: the optimiser counts them in its checkpointed state.
+int64_t optimizer_updates(Optimizer& optimizer) {
+  for (auto& [name, tensor] : optimizer.state())
+    if (name == "steps") return tensor.item<int64_t>();
+  return 0;
+}
+
 int64_t restore(const fs::path& file, const Assembly& a, Optimizer& optimizer, at::Generator& augment) {
   const auto saved = load_checkpoint(file);
   at::Tensor step = at::zeros({}, at::kLong);
@@ -97,6 +110,8 @@ int64_t restore(const fs::path& file, const Assembly& a, Optimizer& optimizer, a
     }
     if (name == "trainer/augment_rng") {
       augment.set_state(it->second);
+    } else if (name.rfind("attack/", 0) == 0) {
+      tensor.set_data(it->second.to(tensor.device()));  // attack state takes its saved shape (free training)
     } else if (it->second.sizes() != tensor.sizes()) {
       fail(ExitCode::other, "resume: '" + name + "' has shape " + c10::str(it->second.sizes()) + " in " + file.string() +
                                 " but " + c10::str(tensor.sizes()) + " in this run");
@@ -119,12 +134,21 @@ json evaluate_all(const Assembly& a, const Data& data, const RunConfig& config, 
   for (const auto& [component, evaluator] : a.evaluators) {
     if (untrained_controls && !component->control) continue;
     const std::string id = component->id + (untrained_controls ? "_untrained" : "");
-    EvalServices services(*a.backbone, a.objective.get(), {{"train", data.train}, {"test", data.test}}, {},
-                          run_dir / "artifacts" / id, view_maker);
+    EvalServices services(*a.backbone, a.objective.get(), {{"train", data.train}, {"test", data.test}},
+                          a.attacks_for(*component), run_dir / "artifacts" / id, view_maker);
     const auto start = std::chrono::steady_clock::now();
     evaluator->evaluate(*services.get());
     json metrics = services.metrics();
     metrics["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::vector<std::pair<std::string, double>> epsilons;
+    for (const auto& attack_id : component->attacks) {
+      if (const ComponentConfig* attack = config.evaluation_attack(attack_id); attack && attack->options.contains("epsilon"))
+        epsilons.emplace_back(attack_id, attack->options["epsilon"].value_or(0.0));
+    }
+    if (const auto curve = robustness_curve(metrics, epsilons); !curve.empty()) {
+      metrics["robustness_curve"] = to_json(curve);
+      write_curve_svg(curve, id + ": accuracy under attack", run_dir / "artifacts" / id / "robustness_curve.svg");
+    }
     log(LogLevel::info, "evaluation " + id + ": " + services.metrics().dump());
     results[id] = metrics;
   }
@@ -155,6 +179,7 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
   const int64_t total = total_steps(train, steps_per_epoch);
   const int32_t replays = a.attack ? a.attack->replays() : 1;
   if (replays < 1) fail(ExitCode::plugin, a.attack->who() + ": replays must be at least 1");
+  const TrainingAttackConfig attack_config = config.training_attack();
 
   Optimizer optimizer(train.optimizer, trainable(a));
   at::Generator augment = at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"));
@@ -184,13 +209,19 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
   log(LogLevel::info, "training " + std::to_string(total) + " steps (" + std::to_string(steps_per_epoch) +
                           " per epoch) of " + std::to_string(train.batch_size) + " images x " +
                           std::to_string(views_per_image) + " views" +
-                          (a.attack ? ", attack " + a.attack->info().name : std::string(", clean")));
+                          (a.attack ? ", attack " + a.attack->info().name +
+                                          (attack_config.from_epoch > 0 ? " from epoch " + std::to_string(attack_config.from_epoch) : "") +
+                                          (replays > 1 ? ", " + std::to_string(replays) + " replays per minibatch" : "")
+                                    : std::string(", clean")));
   const std::vector<std::string> attacked = a.objective->attacked_inputs();
-  const int64_t updates_total = total * replays;
+  // With m replays every minibatch makes m updates; the schedule spans them all, unless the reference's
+  // quirk is asked for (its schedule length ignores m, so the cosine runs past its end).
+  const int64_t updates_total = train.free_schedule_undivided ? total : total * replays;
   at::Tensor nonfinite = at::zeros({}, at::TensorOptions().dtype(at::kBool).device(request.device));
   std::optional<fs::path> last_checkpoint = resume_from;
   Progress progress(step, total);
   const int64_t first_step = step;
+  int64_t updates = optimizer_updates(optimizer), attack_calls = 0, backward_passes = 0, oracle_calls = 0, crops_seen = 0;
   const auto train_start = std::chrono::steady_clock::now();
   a.backbone->set_training(true);
   a.objective->set_training(true);
@@ -205,9 +236,11 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
     const TensorMap inputs = a.objective->prepare(views, device_indices);
 
     LossResult result;
-    for (int32_t replay = 0; replay < replays; ++replay) {
+    const bool attacking = a.attack && step / steps_per_epoch >= attack_config.from_epoch;
+    for (int32_t replay = 0; replay < (attacking ? replays : 1); ++replay) {
       TensorMap adversarial;
-      if (a.attack) {
+      optimizer.zero_grad();
+      if (attacking) {
         TensorMap targets;
         for (const auto& name : attacked) {
           if (!inputs.contains(name)) {
@@ -215,22 +248,27 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
           }
           targets.insert(name, inputs[name]);
         }
-        ObjectiveOracle oracle(*a.objective, *a.backbone, inputs);
+        ObjectiveOracle oracle(*a.objective, *a.backbone, inputs, attack_config.accumulate_weight_grads);
         const cfamc_oracle c_oracle = oracle.get();
+        if (attack_config.eval_mode_bn) set_encoder_training(a, false);
         adversarial = a.attack->perturb(c_oracle, targets);
+        if (attack_config.eval_mode_bn) set_encoder_training(a, true);
+        oracle_calls += oracle.calls();
         // Free adversarial training: the same backward pass yields the input gradient the attack keeps.
         if (a.attack->observes())
           for (auto& item : adversarial) item.value() = item.value().detach().requires_grad_(true);
+        ++attack_calls;
       }
-      optimizer.zero_grad();
       result = a.objective->loss(*a.backbone, inputs, adversarial, CFAMC_PHASE_TRAIN);
       result.loss.backward();
-      if (a.attack && a.attack->observes()) {
+      ++backward_passes;
+      crops_seen += train.batch_size * views_per_image;
+      if (attacking && a.attack->observes()) {
         TensorMap gradients;
         for (const auto& item : adversarial) gradients.insert(item.key(), item.value().grad());
         a.attack->observe(gradients);
       }
-      optimizer.step(learning_rate(train.schedule, train.lr, step * replays + replay, updates_total));
+      optimizer.step(learning_rate(train.schedule, train.lr, updates++, updates_total));
       nonfinite.logical_or_(result.loss.detach().isfinite().logical_not());
     }
     step_tensor.fill_(++step);
@@ -254,7 +292,7 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
       const double images_per_s = static_cast<double>((step - first_step) * train.batch_size) / std::max(seconds, 1e-9);
       json line = {{"step", step},
                    {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch)},
-                   {"lr", learning_rate(train.schedule, train.lr, step * replays - 1, updates_total)},
+                   {"lr", learning_rate(train.schedule, train.lr, updates - 1, updates_total)},
                    {"loss", result.loss.item<double>()},
                    {"images_per_s", images_per_s}};
       for (const auto& item : result.scalars) line[item.key()] = item.value().item<double>();
@@ -285,14 +323,19 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
         {"run_file", config.file},
         {"versions", {{"cfamc", CFAMC_VERSION}, {"libtorch", CFAMC_TORCH_VERSION}, {"cuda_build", CFAMC_TORCH_CUDA_VERSION}}},
         {"wall_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count()},
-        {"resumed_from_step", first_step}}},
+        {"resumed_from_step", first_step},
+        {"attack", a.attack ? a.attack->info().name : std::string("none")}}},
       {"train",
        {{"steps", step},
         {"steps_per_epoch", steps_per_epoch},
         {"replays", replays},
+        {"optimizer_updates", updates},
+        {"attack_calls", attack_calls},
+        {"oracle_calls", oracle_calls},
+        {"training_backward_passes", backward_passes},
         {"seconds", train_seconds},
         {"images_per_s", static_cast<double>(images_seen) / std::max(train_seconds, 1e-9)},
-        {"crops_per_s", static_cast<double>(images_seen * views_per_image * replays) / std::max(train_seconds, 1e-9)}}},
+        {"crops_per_s", static_cast<double>(crops_seen) / std::max(train_seconds, 1e-9)}}},
       {"eval", eval}};
   write_file_atomically(run_dir / "summary.json", summary.dump(2) + "\n");
   log(LogLevel::info, "summary: " + (run_dir / "summary.json").string());

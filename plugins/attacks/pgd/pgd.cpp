@@ -1,76 +1,104 @@
-// Projected gradient descent (Madry et al. 2018) in pixel space: L-infinity or L2 ball of radius
-// `epsilon` around inputs in [0,1]; each step ascends the oracle's loss, projects onto the ball, then
-// clamps to [0,1]. All named inputs are perturbed together against one loss.
+// Gradient-sign attacks in pixel space, on inputs in [0,1] with epsilon in pixel units, against the
+// oracle the caller supplies: `pgd` (Madry et al. 2018; L-inf or L2, random or zero start, restarts),
+// `fgsm` (Goodfellow et al. 2015: one step of size epsilon from the clean input) and `fgsm_rs` (Wong et al.
+// 2020: a random start, then one step of 1.25 epsilon). Every step ascends the loss, projects onto the
+// ball, then clamps to [0,1]; all named inputs are perturbed together against one loss.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
 
 namespace {
 
-class PGD : public cfamc::Attack {
+struct AscentSettings {
+  double epsilon = 8.0 / 255;
+  double step_size = 2.0 / 255;
+  int64_t steps = 10;
+  int64_t restarts = 1;
+  bool linf = true;
+  bool random_start = true;
+};
+
+// The shared engine: `restarts` runs of `steps` projected steps. With several restarts and a per-sample
+// loss, each sample keeps the run that ended with its highest loss.
+class ProjectedAscent {
  public:
-  static constexpr const char* name = "pgd";
-  static constexpr const char* summary = "PGD, L-inf or L2, random or zero start, projection then clamp to [0,1]";
-  static std::vector<cfamc_option_decl> options() {
-    return {
-        cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "radius of the ball, in pixel units"),
-        cfamc::option("step_size", CFAMC_OPTION_FLOAT, "\"2/255\"", "step length, in pixel units"),
-        cfamc::option("steps", CFAMC_OPTION_INT, "10", "ascent steps; 0 returns the inputs unchanged"),
-        cfamc::option("norm", CFAMC_OPTION_STRING, "\"linf\"", "\"linf\" or \"l2\""),
-        cfamc::option("random_start", CFAMC_OPTION_BOOL, "true", "start uniformly inside the ball instead of at 0"),
-    };
-  }
-
-  explicit PGD(const cfamc::Context& ctx)
-      : Attack(ctx),
-        epsilon_(ctx.real("epsilon")),
-        step_size_(ctx.real("step_size")),
-        steps_(ctx.integer("steps")),
-        linf_(ctx.text("norm") == "linf"),
-        random_start_(ctx.flag("random_start")),
-        generator_(ctx.generator()) {
-    if (!linf_ && ctx.text("norm") != "l2") throw cfamc::Error(CFAMC_ERROR_OPTION, "norm must be \"linf\" or \"l2\"");
-    if (epsilon_ < 0 || step_size_ < 0 || steps_ < 0) {
-      throw cfamc::Error(CFAMC_ERROR_OPTION, "epsilon, step_size and steps must not be negative");
+  ProjectedAscent(AscentSettings settings, at::Generator generator)
+      : s_(settings), generator_(std::move(generator)) {
+    if (s_.epsilon < 0 || s_.step_size < 0 || s_.steps < 0 || s_.restarts < 1) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "epsilon, step_size and steps must not be negative, restarts positive");
     }
   }
 
-  cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
+  cfamc::TensorMap run(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) {
     torch::AutoGradMode grad_mode(true);
-    std::vector<at::Tensor> originals, deltas;
-    for (const auto& item : inputs) {
-      originals.push_back(item.value().detach());
-      deltas.push_back(initial_delta(originals.back()));
+    std::vector<at::Tensor> originals;
+    for (const auto& item : inputs) originals.push_back(item.value().detach());
+    std::vector<at::Tensor> best;
+    at::Tensor best_loss;
+    for (int64_t restart = 0; restart < s_.restarts; ++restart) {
+      std::vector<at::Tensor> deltas = attack_once(oracle, inputs.keys(), originals);
+      if (s_.restarts == 1) return assemble(inputs.keys(), originals, deltas);
+      at::Tensor loss;
+      {
+        torch::NoGradGuard no_grad;
+        loss = oracle.loss(assemble(inputs.keys(), originals, deltas)).detach();
+      }
+      if (loss.dim() != 1) {
+        throw cfamc::Error(CFAMC_ERROR_UNSUPPORTED, "restarts need an oracle with a per-sample loss [N]");
+      }
+      if (restart == 0) {
+        best = deltas;
+        best_loss = loss;
+        continue;
+      }
+      const at::Tensor better = loss > best_loss;
+      for (size_t i = 0; i < deltas.size(); ++i) {
+        std::vector<int64_t> mask_shape(deltas[i].dim(), 1);
+        mask_shape[0] = -1;
+        best[i] = torch::where(better.view(mask_shape), deltas[i], best[i]);
+      }
+      best_loss = torch::maximum(loss, best_loss);
     }
-    for (int64_t step = 0; step < steps_; ++step) {
+    return assemble(inputs.keys(), originals, best);
+  }
+
+ private:
+  static cfamc::TensorMap assemble(const std::vector<std::string>& names, const std::vector<at::Tensor>& x,
+                                   const std::vector<at::Tensor>& deltas) {
+    cfamc::TensorMap out;
+    for (size_t i = 0; i < names.size(); ++i) out.insert(names[i], (x[i] + deltas[i]).detach());
+    return out;
+  }
+
+  std::vector<at::Tensor> attack_once(const cfamc::Oracle& oracle, const std::vector<std::string>& names,
+                                      const std::vector<at::Tensor>& originals) {
+    std::vector<at::Tensor> deltas;
+    for (const auto& x : originals) deltas.push_back(initial_delta(x));
+    for (int64_t step = 0; step < s_.steps; ++step) {
       cfamc::TensorMap candidate;
       for (size_t i = 0; i < deltas.size(); ++i) {
         deltas[i].requires_grad_(true);
-        candidate.insert(inputs.keys()[i], originals[i] + deltas[i]);
+        candidate.insert(names[i], originals[i] + deltas[i]);
       }
       const at::Tensor loss = oracle.loss(candidate).sum();
       const auto grads = torch::autograd::grad({loss}, deltas);
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < deltas.size(); ++i) deltas[i] = ascend(originals[i], deltas[i].detach(), grads[i]);
     }
-    cfamc::TensorMap adversarial;
-    for (size_t i = 0; i < deltas.size(); ++i) {
-      adversarial.insert(inputs.keys()[i], (originals[i] + deltas[i]).detach());
-    }
-    return adversarial;
+    for (auto& d : deltas) d = d.detach();
+    return deltas;
   }
 
- private:
   at::Tensor initial_delta(const at::Tensor& x) {
-    if (!random_start_ || epsilon_ == 0) return torch::zeros_like(x);
+    if (!s_.random_start || s_.epsilon == 0) return torch::zeros_like(x);
     at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
-    if (linf_) {
-      delta.uniform_(-epsilon_, epsilon_, generator_);
+    if (s_.linf) {
+      delta.uniform_(-s_.epsilon, s_.epsilon, generator_);
     } else {
       // Uniform direction, radius epsilon * U^(1/d): uniform inside the L2 ball.
       delta.normal_(0, 1, generator_);
       const auto flat = delta.flatten(1);
-      const at::Tensor radius = epsilon_ * torch::rand({x.size(0), 1}, generator_, flat.options()).pow(1.0 / flat.size(1));
+      const at::Tensor radius = s_.epsilon * torch::rand({x.size(0), 1}, generator_, flat.options()).pow(1.0 / flat.size(1));
       delta = (flat / flat.norm(2, 1, true).clamp_min(1e-12) * radius).view_as(x);
     }
     delta = delta.to(x.device());
@@ -79,27 +107,88 @@ class PGD : public cfamc::Attack {
 
   at::Tensor ascend(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& grad) const {
     at::Tensor next;
-    if (linf_) {
-      next = (delta + step_size_ * grad.sign()).clamp(-epsilon_, epsilon_);
+    if (s_.linf) {
+      next = (delta + s_.step_size * grad.sign()).clamp(-s_.epsilon, s_.epsilon);
     } else {
       const auto shape = std::vector<int64_t>{-1, 1};
       const at::Tensor g = grad.flatten(1);
       const at::Tensor step = g / g.norm(2, 1, true).clamp_min(1e-12);
-      at::Tensor d = delta.flatten(1) + step_size_ * step;
-      d = d * (epsilon_ / d.norm(2, 1, true).clamp_min(1e-12)).clamp_max(1.0);
+      at::Tensor d = delta.flatten(1) + s_.step_size * step;
+      d = d * (s_.epsilon / d.norm(2, 1, true).clamp_min(1e-12)).clamp_max(1.0);
       next = d.view_as(delta);
     }
     return (x + next).clamp(0, 1) - x;
   }
 
-  double epsilon_;
-  double step_size_;
-  int64_t steps_;
-  bool linf_;
-  bool random_start_;
+  AscentSettings s_;
   at::Generator generator_;
+};
+
+class PGD : public cfamc::Attack {
+ public:
+  static constexpr const char* name = "pgd";
+  static constexpr const char* summary = "PGD, L-inf or L2, random or zero start, restarts; projection then clamp to [0,1]";
+  static std::vector<cfamc_option_decl> options() {
+    return {
+        cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "radius of the ball, in pixel units"),
+        cfamc::option("step_size", CFAMC_OPTION_FLOAT, "\"2/255\"", "step length, in pixel units"),
+        cfamc::option("steps", CFAMC_OPTION_INT, "10", "ascent steps; 0 returns the start point"),
+        cfamc::option("restarts", CFAMC_OPTION_INT, "1", "independent runs; each sample keeps its strongest (needs a per-sample loss)"),
+        cfamc::option("norm", CFAMC_OPTION_STRING, "\"linf\"", "\"linf\" or \"l2\""),
+        cfamc::option("random_start", CFAMC_OPTION_BOOL, "true", "start uniformly inside the ball instead of at 0"),
+    };
+  }
+  explicit PGD(const cfamc::Context& ctx) : Attack(ctx), engine_(settings(ctx), ctx.generator()) {}
+  cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
+    return engine_.run(oracle, inputs);
+  }
+
+ private:
+  static AscentSettings settings(const cfamc::Context& ctx) {
+    const std::string norm = ctx.text("norm");
+    if (norm != "linf" && norm != "l2") throw cfamc::Error(CFAMC_ERROR_OPTION, "norm must be \"linf\" or \"l2\"");
+    return {ctx.real("epsilon"), ctx.real("step_size"), ctx.integer("steps"), ctx.integer("restarts"), norm == "linf",
+            ctx.flag("random_start")};
+  }
+  ProjectedAscent engine_;
+};
+
+class FGSM : public cfamc::Attack {
+ public:
+  static constexpr const char* name = "fgsm";
+  static constexpr const char* summary = "FGSM: one L-inf step of size epsilon from the clean input";
+  static std::vector<cfamc_option_decl> options() {
+    return {cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "step and radius, in pixel units")};
+  }
+  explicit FGSM(const cfamc::Context& ctx)
+      : Attack(ctx), engine_({ctx.real("epsilon"), ctx.real("epsilon"), 1, 1, true, false}, ctx.generator()) {}
+  cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
+    return engine_.run(oracle, inputs);
+  }
+
+ private:
+  ProjectedAscent engine_;
+};
+
+class FGSMRandomStart : public cfamc::Attack {
+ public:
+  static constexpr const char* name = "fgsm_rs";
+  static constexpr const char* summary = "FGSM with a random start (Wong et al. 2020): U(-eps, eps), then one step";
+  static std::vector<cfamc_option_decl> options() {
+    return {cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "radius, in pixel units"),
+            cfamc::option("step_ratio", CFAMC_OPTION_FLOAT, "1.25", "the step, as a multiple of epsilon")};
+  }
+  explicit FGSMRandomStart(const cfamc::Context& ctx)
+      : Attack(ctx),
+        engine_({ctx.real("epsilon"), ctx.real("epsilon") * ctx.real("step_ratio"), 1, 1, true, true}, ctx.generator()) {}
+  cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
+    return engine_.run(oracle, inputs);
+  }
+
+ private:
+  ProjectedAscent engine_;
 };
 
 }  // namespace
 
-CFAMC_PLUGIN("pgd", "0.1.0", cfamc::component<PGD>())
+CFAMC_PLUGIN("pgd", "0.2.0", cfamc::component<PGD>(), cfamc::component<FGSM>(), cfamc::component<FGSMRandomStart>())

@@ -24,6 +24,11 @@ class LinearEvaluation : public cfamc::Evaluator {
         cfamc::option("encode_batch_size", CFAMC_OPTION_INT, "256", "images encoded at once"),
         cfamc::option("train_split", CFAMC_OPTION_STRING, "\"train\"", "the split the head is trained on"),
         cfamc::option("test_split", CFAMC_OPTION_STRING, "\"test\"", "the split the accuracy is measured on"),
+        cfamc::option("robust_max_images", CFAMC_OPTION_INT, "0", "test images attacked per attack; 0: all"),
+        cfamc::option("robust_batch_size", CFAMC_OPTION_INT, "100", "images attacked at once"),
+        cfamc::option("robust_head_attack", CFAMC_OPTION_STRING, "\"\"",
+                      "an attack id of this evaluator: also train a robust head adversarially through the frozen encoder"),
+        cfamc::option("robust_head_epochs", CFAMC_OPTION_INT, "5", "epochs of adversarial head training"),
     };
   }
 
@@ -38,6 +43,10 @@ class LinearEvaluation : public cfamc::Evaluator {
         encode_batch_size_(ctx.integer("encode_batch_size")),
         train_split_(ctx.text("train_split")),
         test_split_(ctx.text("test_split")),
+        robust_max_images_(ctx.integer("robust_max_images")),
+        robust_batch_size_(ctx.integer("robust_batch_size")),
+        robust_head_attack_(ctx.text("robust_head_attack")),
+        robust_head_epochs_(ctx.integer("robust_head_epochs")),
         seed_generator_(ctx.generator()) {
     const std::string feature = ctx.text("feature");
     if (feature != "backbone" && feature != "representation") {
@@ -45,7 +54,8 @@ class LinearEvaluation : public cfamc::Evaluator {
     }
     feature_ = feature == "backbone" ? CFAMC_FEATURE_BACKBONE : CFAMC_FEATURE_REPRESENTATION;
     if (!adam_ && ctx.text("optimizer") != "sgd") throw cfamc::Error(CFAMC_ERROR_OPTION, "optimizer must be \"sgd\" or \"adam\"");
-    if (epochs_ < 1 || batch_size_ < 1 || lr_ <= 0 || encode_batch_size_ < 1) {
+    if (epochs_ < 1 || batch_size_ < 1 || lr_ <= 0 || encode_batch_size_ < 1 || robust_batch_size_ < 1 ||
+        robust_max_images_ < 0 || robust_head_epochs_ < 0) {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "epochs, batch_size, lr and encode_batch_size must be positive");
     }
   }
@@ -88,17 +98,103 @@ class LinearEvaluation : public cfamc::Evaluator {
         optimizer->step();
       }
     }
-    torch::NoGradGuard no_grad;
-    services.report("accuracy", accuracy(head, test_features, test_labels));
-    services.report("train_accuracy", accuracy(head, train_features, train_labels));
+    {
+      torch::NoGradGuard no_grad;
+      services.report("accuracy", accuracy(head, test_features, test_labels));
+      services.report("train_accuracy", accuracy(head, train_features, train_labels));
+    }
+    const auto attacks = services.attack_ids();
+    if (attacks.empty()) return;
+    if (!differentiable()) {
+      context().warn("robust accuracy needs a differentiable feature; this evaluator's is not, attacks skipped");
+      return;
+    }
+    for (const auto& id : attacks) {
+      services.report("robust_accuracy/" + id, robust_accuracy(services, head, test_images, test_labels, id));
+    }
+    if (!robust_head_attack_.empty()) {
+      torch::nn::Linear robust = train_robust_head(services, head, train_images, train_labels);
+      torch::NoGradGuard no_grad;
+      services.report("robust_head/accuracy", accuracy(robust, test_features, test_labels));
+      for (const auto& id : attacks) {
+        services.report("robust_head/robust_accuracy/" + id, robust_accuracy(services, robust, test_images, test_labels, id));
+      }
+    }
   }
 
  protected:
   // The features of one batch of uint8 images.
   virtual at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const = 0;
+  // Whether the features are a differentiable function of the pixels (attacks need that).
+  virtual bool differentiable() const { return false; }
   cfamc_feature feature() const { return feature_; }
 
  private:
+  // Accuracy under attack `id`, end to end through the frozen encoder (eval mode) and `head`: the attack
+  // maximises the per-sample cross-entropy of the classifier.
+  double robust_accuracy(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
+                         const at::Tensor& labels, const std::string& id) const {
+    services.set_encoder_training(false);
+    const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, images.size(0)) : images.size(0);
+    int64_t correct = 0;
+    for (int64_t start = 0; start < n; start += robust_batch_size_) {
+      const int64_t end = std::min(n, start + robust_batch_size_);
+      const at::Tensor x = images.slice(0, start, end).to(torch::kFloat).div(255.0);
+      const at::Tensor y = labels.slice(0, start, end);
+      const auto logits = [&](const cfamc::TensorMap& m) { return head->forward(services.encode(m["x"], feature())); };
+      cfamc::FunctionOracle oracle(
+          [&](const cfamc::TensorMap& m) {
+            return torch::nn::functional::cross_entropy(
+                logits(m), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+          },
+          logits, y);
+      const at::Tensor adversarial = services.attack(id, oracle.get(), x);
+      torch::NoGradGuard no_grad;
+      correct += head->forward(services.encode(adversarial, feature())).argmax(1).eq(y).sum().item<int64_t>();
+    }
+    return static_cast<double>(correct) / static_cast<double>(n);
+  }
+
+  // A copy of the clean head, trained further on adversarial examples made through the frozen encoder.
+  torch::nn::Linear train_robust_head(const cfamc::EvalServices& services, torch::nn::Linear& clean,
+                                      const at::Tensor& images, const at::Tensor& labels) const {
+    torch::nn::Linear robust(clean->options);
+    {
+      torch::NoGradGuard no_grad;
+      robust->weight.copy_(clean->weight);
+      robust->bias.copy_(clean->bias);
+    }
+    robust->to(clean->weight.device());
+    torch::optim::Adam optimizer(robust->parameters(), torch::optim::AdamOptions(1e-3));
+    services.set_encoder_training(false);
+    const int64_t n = images.size(0);
+    for (int64_t epoch = 0; epoch < robust_head_epochs_; ++epoch) {
+      const at::Tensor order = torch::randperm(n, seed_generator_, torch::kLong).to(images.device());
+      for (int64_t start = 0; start < n; start += robust_batch_size_) {
+        const at::Tensor idx = order.slice(0, start, start + robust_batch_size_);
+        const at::Tensor x = images.index_select(0, idx).to(torch::kFloat).div(255.0);
+        const at::Tensor y = labels.index_select(0, idx);
+        const auto logits = [&](const cfamc::TensorMap& m) { return robust->forward(services.encode(m["x"], feature())); };
+        cfamc::FunctionOracle oracle(
+            [&](const cfamc::TensorMap& m) {
+              return torch::nn::functional::cross_entropy(
+                  logits(m), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+            },
+            logits, y);
+        const at::Tensor adversarial = services.attack(robust_head_attack_, oracle.get(), x);
+        at::Tensor features;
+        {
+          torch::NoGradGuard no_grad;
+          features = services.encode(adversarial, feature());
+        }
+        optimizer.zero_grad();
+        torch::nn::functional::cross_entropy(robust->forward(features), y).backward();
+        optimizer.step();
+      }
+    }
+    return robust;
+  }
+
   at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> out;
@@ -117,7 +213,10 @@ class LinearEvaluation : public cfamc::Evaluator {
   double lr_, momentum_, weight_decay_;
   int64_t encode_batch_size_;
   std::string train_split_, test_split_;
-  at::Generator seed_generator_;
+  int64_t robust_max_images_, robust_batch_size_;
+  std::string robust_head_attack_;
+  int64_t robust_head_epochs_;
+  mutable at::Generator seed_generator_;
   cfamc_feature feature_ = CFAMC_FEATURE_REPRESENTATION;
 };
 
@@ -132,6 +231,7 @@ class LinearProbe : public LinearEvaluation {
   at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const override {
     return services.encode(images.to(torch::kFloat).div(255.0), feature());
   }
+  bool differentiable() const override { return true; }
 };
 
 class MultiCrop : public LinearEvaluation {

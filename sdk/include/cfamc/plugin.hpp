@@ -13,6 +13,7 @@
 #include <torch/version.h>
 
 #include <exception>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -236,6 +237,39 @@ class Oracle {
     return adopt(out);
   }
   const cfamc_oracle* oracle_;
+};
+
+// An oracle made of C++ functions, for a plugin that attacks something of its own (an evaluator attacking
+// its classifier through the host's attacks). `loss` maps inputs to a per-sample loss [N]; `logits` and
+// `labels` are optional. Valid while this object lives.
+class FunctionOracle {
+ public:
+  using Function = std::function<at::Tensor(const TensorMap&)>;
+  FunctionOracle(Function loss, Function logits = {}, const at::Tensor& labels = {})
+      : loss_(std::move(loss)), logits_(std::move(logits)), labels_(labels.defined() ? handle_of(labels) : nullptr) {
+    oracle_ = {sizeof(cfamc_oracle), this, &FunctionOracle::call_loss, logits_ ? &FunctionOracle::call_logits : nullptr,
+               labels_};
+  }
+  ~FunctionOracle() {
+    if (labels_ != nullptr) host().tensor_release(labels_);
+  }
+  FunctionOracle(const FunctionOracle&) = delete;
+  FunctionOracle& operator=(const FunctionOracle&) = delete;
+  const cfamc_oracle* get() const { return &oracle_; }
+
+ private:
+  static cfamc_error* call(const Function& f, const cfamc_named_tensors* inputs, cfamc_tensor** out) {
+    return detail::guard([&] { *out = handle_of(f(to_map(inputs))); });
+  }
+  static cfamc_error* call_loss(void* self, const cfamc_named_tensors* inputs, cfamc_tensor** out) {
+    return call(static_cast<FunctionOracle*>(self)->loss_, inputs, out);
+  }
+  static cfamc_error* call_logits(void* self, const cfamc_named_tensors* inputs, cfamc_tensor** out) {
+    return call(static_cast<FunctionOracle*>(self)->logits_, inputs, out);
+  }
+  Function loss_, logits_;
+  cfamc_tensor* labels_;
+  cfamc_oracle oracle_{};
 };
 
 class EvalServices {
