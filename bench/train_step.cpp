@@ -1,10 +1,12 @@
-// Benchmark of one training step as cfamc-host runs it: on-device multi-crop augmentation, forward and
-// backward through a backbone plugin and an objective plugin, and the optimiser step. Prints crops/s and
-// the split of the step time between the three phases (each phase is synchronised on the GPU, so the
-// split is exact and the total slightly pessimistic).
+// Benchmark of one training step as cfamc-host runs it: on-device multi-crop augmentation, the attack
+// (none, PGD against the objective's loss, or free training's replays), forward and backward through a
+// backbone plugin and an objective plugin, and the optimiser step. Prints crops/s and the split of the
+// step time between the phases (each phase is synchronised on the GPU, so the split is exact and the
+// total slightly pessimistic). A "step" is one minibatch: with free training, its m replays.
 //
 //   build/bin/bench_train_step [--device cuda] [--backbone resnet18] [--objective emp_ssl] [--batch 100]
 //                              [--crops 16] [--size 32] [--steps 20] [--warmup 3]
+//                              [--attack none|pgd|free] [--attack-steps 5] [--replays 3]
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -18,6 +20,7 @@
 #include "augment/views.hpp"
 #include "config/options.hpp"
 #include "plugins/components.hpp"
+#include "train/objective_oracle.hpp"
 #include "train/optimizer.hpp"
 
 using namespace cfamc::host;
@@ -27,6 +30,8 @@ namespace {
 struct Settings {
   std::string device = "cpu", backbone = "resnet18", objective = "emp_ssl", plugins;
   int64_t batch = 100, crops = 16, size = 32, steps = 20, warmup = 3;
+  std::string attack = "none";
+  int64_t attack_steps = 5, replays = 3;
 };
 
 void synchronise(const std::string& device) {
@@ -60,6 +65,10 @@ int main(int argc, char** argv) {
   app.add_option("--steps", s.steps, "timed steps");
   app.add_option("--warmup", s.warmup, "untimed steps first");
   app.add_option("--plugins", s.plugins, "plugin directory (default: next to this program)");
+  app.add_option("--attack", s.attack, "none, pgd (robust EMP-SSL: zero start, step 0.01) or free")
+      ->check(CLI::IsMember({"none", "pgd", "free"}));
+  app.add_option("--attack-steps", s.attack_steps, "PGD steps");
+  app.add_option("--replays", s.replays, "free training's replays per minibatch (m)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -74,6 +83,16 @@ int main(int argc, char** argv) {
     for (const Component* c : {static_cast<const Component*>(backbone.get()), static_cast<const Component*>(objective.get())})
       for (const auto& t : c->named_tensors())
         if (t.role == CFAMC_ROLE_PARAMETER) parameters.emplace_back(t.name, t.tensor);
+    std::unique_ptr<Attack> attack;
+    if (s.attack == "pgd") {
+      attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "pgd",
+                            "steps = " + std::to_string(s.attack_steps) + "\nstep_size = 0.01\nrandom_start = false",
+                            s.device, 0);
+    } else if (s.attack == "free") {
+      attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "free", "replays = " + std::to_string(s.replays), s.device, 0);
+    }
+    const int32_t replays = attack ? attack->replays() : 1;
+    const std::vector<std::string> attacked = objective->attacked_inputs();
     OptimizerConfig lars;
     lars.kind = "lars";
     lars.nesterov = true;
@@ -104,25 +123,50 @@ int main(int argc, char** argv) {
       synchronise(s.device);
       if (timed) time["augmentation"] += seconds_since(start);
 
-      start = std::chrono::steady_clock::now();
-      optimizer.zero_grad();
-      const LossResult result = objective->loss(*backbone, inputs, {}, CFAMC_PHASE_TRAIN);
-      result.loss.backward();
-      synchronise(s.device);
-      if (timed) time["forward_backward"] += seconds_since(start);
+      for (int32_t replay = 0; replay < replays; ++replay) {
+        start = std::chrono::steady_clock::now();
+        optimizer.zero_grad();
+        TensorMap adversarial;
+        if (attack) {
+          TensorMap targets;
+          for (const auto& name : attacked) targets.insert(name, inputs[name]);
+          ObjectiveOracle oracle(*objective, *backbone, inputs);
+          const cfamc_oracle c_oracle = oracle.get();
+          adversarial = attack->perturb(c_oracle, targets);
+          if (attack->observes())
+            for (auto& item : adversarial) item.value() = item.value().detach().requires_grad_(true);
+        }
+        synchronise(s.device);
+        if (timed) time["attack"] += seconds_since(start);
 
-      start = std::chrono::steady_clock::now();
-      optimizer.step(0.3);
-      synchronise(s.device);
-      if (timed) time["optimizer"] += seconds_since(start);
+        start = std::chrono::steady_clock::now();
+        const LossResult result = objective->loss(*backbone, inputs, adversarial, CFAMC_PHASE_TRAIN);
+        result.loss.backward();
+        if (attack && attack->observes()) {
+          TensorMap gradients;
+          for (const auto& item : adversarial) gradients.insert(item.key(), item.value().grad());
+          attack->observe(gradients);
+        }
+        synchronise(s.device);
+        if (timed) time["forward_backward"] += seconds_since(start);
+
+        start = std::chrono::steady_clock::now();
+        optimizer.step(0.3);
+        synchronise(s.device);
+        if (timed) time["optimizer"] += seconds_since(start);
+      }
     }
-    const double total = time["augmentation"] + time["forward_backward"] + time["optimizer"];
-    std::printf("device %s, %s + %s, batch %lld x %lld crops of %lldx%lld, %lld timed steps\n", s.device.c_str(),
-                s.backbone.c_str(), s.objective.c_str(), static_cast<long long>(s.batch), static_cast<long long>(s.crops),
-                static_cast<long long>(s.size), static_cast<long long>(s.size), static_cast<long long>(s.steps));
+    const double total = time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
+    std::printf("device %s, %s + %s, attack %s%s, batch %lld x %lld crops of %lldx%lld, %lld timed steps\n",
+                s.device.c_str(), s.backbone.c_str(), s.objective.c_str(), s.attack.c_str(),
+                s.attack == "pgd"    ? ("-" + std::to_string(s.attack_steps)).c_str()
+                : s.attack == "free" ? (" m=" + std::to_string(replays)).c_str()
+                                     : "",
+                static_cast<long long>(s.batch), static_cast<long long>(s.crops), static_cast<long long>(s.size),
+                static_cast<long long>(s.size), static_cast<long long>(s.steps));
     std::printf("step %.4f s  |  %.1f crops/s  %.1f images/s\n", total / s.steps,
                 static_cast<double>(s.steps * s.batch * s.crops) / total, static_cast<double>(s.steps * s.batch) / total);
-    for (const char* phase : {"augmentation", "forward_backward", "optimizer"}) {
+    for (const char* phase : {"augmentation", "attack", "forward_backward", "optimizer"}) {
       std::printf("  %-17s %.4f s  %5.1f%%\n", phase, time[phase] / s.steps, 100.0 * time[phase] / total);
     }
     return 0;

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "augment/views.hpp"
+#include "data/datasets.hpp"
 #include "eval/eval_services.hpp"
 #include "failure.hpp"
 #include "plugins/components.hpp"
@@ -279,6 +280,66 @@ TEST_CASE("free: the perturbation persists across replays and minibatches and fo
   next.insert("crops", torch::full({2, 1, 2, 2}, 0.95));
   CHECK(free->perturb(unused, next)["crops"].max().item<double>() <= 1.0);
   CHECK(torch::allclose(state, torch::full_like(x, 0.05)));
+}
+
+TEST_CASE("APGD is at least as strong as PGD-20 on a small trained classifier", "[attack][apgd]") {
+  // A two-layer MLP trained briefly on Fashion-MNIST (Debian's package), attacked at eps 0.1.
+  const ImageSet train = load_split({"fashion_mnist", ""}, "train"), test = load_split({"fashion_mnist", ""}, "test");
+  const at::Tensor x_train = train.images.slice(0, 0, 3000).to(torch::kFloat).div(255).flatten(1);
+  const at::Tensor y_train = train.labels.slice(0, 0, 3000);
+  const at::Tensor x_test = test.images.slice(0, 0, 300).to(torch::kFloat).div(255);
+  const at::Tensor y_test = test.labels.slice(0, 0, 300);
+  torch::manual_seed(0);
+  torch::nn::Sequential model(torch::nn::Linear(784, 64), torch::nn::ReLU(), torch::nn::Linear(64, 10));
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int epoch = 0; epoch < 30; ++epoch) {
+    optimizer.zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(x_train), y_train).backward();
+    optimizer.step();
+  }
+  struct Classifier {
+    torch::nn::Sequential& model;
+    const at::Tensor& labels;
+    at::Tensor logits(const cfamc_named_tensors* in) { return model->forward(to_map(in)["x"].flatten(1)); }
+  } classifier{model, y_test};
+  cfamc_tensor labels{y_test};
+  const cfamc_oracle oracle{
+      sizeof(cfamc_oracle), &classifier,
+      [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
+        auto* c = static_cast<Classifier*>(self);
+        *out = make_handle(torch::nn::functional::cross_entropy(
+            c->logits(in), c->labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone)));
+        return nullptr;
+      },
+      [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
+        *out = make_handle(static_cast<Classifier*>(self)->logits(in));
+        return nullptr;
+      },
+      &labels};
+  TensorMap inputs;
+  inputs.insert("x", x_test);
+  const auto accuracy = [&](const at::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    return model->forward(x.flatten(1)).argmax(1).eq(y_test).to(torch::kDouble).mean().item<double>();
+  };
+  const double clean = accuracy(x_test);
+  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "epsilon = 0.1\nstep_size = 0.025\nsteps = 20");
+  auto apgd = make<Attack>(CFAMC_KIND_ATTACK, "apgd", "epsilon = 0.1\nsteps = 50");
+  auto apgd_t = make<Attack>(CFAMC_KIND_ATTACK, "apgd", "epsilon = 0.1\nsteps = 50\nloss = \"dlr_targeted\"\ntarget_classes = 3");
+  const at::Tensor adv_pgd = pgd->perturb(oracle, inputs)["x"];
+  const at::Tensor adv_apgd = apgd->perturb(oracle, inputs)["x"];
+  const at::Tensor adv_apgd_t = apgd_t->perturb(oracle, inputs)["x"];
+  for (const at::Tensor& adv : {adv_pgd, adv_apgd, adv_apgd_t}) {
+    CHECK((adv - x_test).abs().max().item<double>() <= 0.1 + 1e-6);
+    CHECK(adv.min().item<double>() >= 0);
+    CHECK(adv.max().item<double>() <= 1);
+  }
+  const double robust_pgd = accuracy(adv_pgd), robust_apgd = accuracy(adv_apgd), robust_apgd_t = accuracy(adv_apgd_t);
+  INFO("clean " << clean << ", PGD-20 " << robust_pgd << ", APGD-CE " << robust_apgd << ", APGD-T " << robust_apgd_t);
+  CHECK(clean > 0.7);
+  CHECK(robust_pgd < clean);
+  CHECK(robust_apgd <= robust_pgd);
+  CHECK(robust_apgd_t < clean);
 }
 
 TEST_CASE("a plain C plugin works on host tensors through DLPack", "[attack][dlpack]") {

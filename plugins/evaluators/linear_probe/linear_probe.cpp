@@ -109,16 +109,12 @@ class LinearEvaluation : public cfamc::Evaluator {
       context().warn("robust accuracy needs a differentiable feature; this evaluator's is not, attacks skipped");
       return;
     }
-    for (const auto& id : attacks) {
-      services.report("robust_accuracy/" + id, robust_accuracy(services, head, test_images, test_labels, id));
-    }
+    report_robustness(services, head, test_images, test_labels, attacks, "");
     if (!robust_head_attack_.empty()) {
       torch::nn::Linear robust = train_robust_head(services, head, train_images, train_labels);
       torch::NoGradGuard no_grad;
       services.report("robust_head/accuracy", accuracy(robust, test_features, test_labels));
-      for (const auto& id : attacks) {
-        services.report("robust_head/robust_accuracy/" + id, robust_accuracy(services, robust, test_images, test_labels, id));
-      }
+      report_robustness(services, robust, test_images, test_labels, attacks, "robust_head/");
     }
   }
 
@@ -130,13 +126,28 @@ class LinearEvaluation : public cfamc::Evaluator {
   cfamc_feature feature() const { return feature_; }
 
  private:
-  // Accuracy under attack `id`, end to end through the frozen encoder (eval mode) and `head`: the attack
-  // maximises the per-sample cross-entropy of the classifier.
-  double robust_accuracy(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
-                         const at::Tensor& labels, const std::string& id) const {
+  // Robust accuracy under each attack, and the worst case over them (a sample counts only if no attack
+  // fools the classifier), as AutoAttack reports it.
+  void report_robustness(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
+                         const at::Tensor& labels, const std::vector<std::string>& attacks, const std::string& prefix) const {
+    at::Tensor all_correct;
+    for (const auto& id : attacks) {
+      const at::Tensor correct = robust_correct(services, head, images, labels, id);
+      services.report(prefix + "robust_accuracy/" + id, correct.to(torch::kDouble).mean().item<double>());
+      all_correct = all_correct.defined() ? all_correct.logical_and(correct) : correct;
+    }
+    if (attacks.size() > 1) {
+      services.report(prefix + "robust_accuracy/worst_case", all_correct.to(torch::kDouble).mean().item<double>());
+    }
+  }
+
+  // Per test image: still classified correctly under attack `id`, end to end through the frozen encoder
+  // (eval mode) and `head`. The attack maximises the per-sample cross-entropy of the classifier.
+  at::Tensor robust_correct(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
+                            const at::Tensor& labels, const std::string& id) const {
     services.set_encoder_training(false);
     const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, images.size(0)) : images.size(0);
-    int64_t correct = 0;
+    std::vector<at::Tensor> correct;
     for (int64_t start = 0; start < n; start += robust_batch_size_) {
       const int64_t end = std::min(n, start + robust_batch_size_);
       const at::Tensor x = images.slice(0, start, end).to(torch::kFloat).div(255.0);
@@ -150,9 +161,9 @@ class LinearEvaluation : public cfamc::Evaluator {
           logits, y);
       const at::Tensor adversarial = services.attack(id, oracle.get(), x);
       torch::NoGradGuard no_grad;
-      correct += head->forward(services.encode(adversarial, feature())).argmax(1).eq(y).sum().item<int64_t>();
+      correct.push_back(head->forward(services.encode(adversarial, feature())).argmax(1).eq(y));
     }
-    return static_cast<double>(correct) / static_cast<double>(n);
+    return torch::cat(correct);
   }
 
   // A copy of the clean head, trained further on adversarial examples made through the frozen encoder.
