@@ -11,7 +11,7 @@ namespace {
 const std::vector<std::string> kSections = {"run",      "plugins",  "data",      "views",  "train",
                                             "backbone", "objective", "attack", "evaluate", "attacks"};
 // Keys of component tables that the host reads itself; the rest belong to the plugin.
-const std::vector<std::string> kReserved = {"plugin", "id", "control", "attacks"};
+const std::vector<std::string> kEvaluatorKeys = {"id", "control", "attacks"};
 const std::vector<std::string> kTrainingAttackKeys = {"bn_mode", "from_epoch", "accumulate_weight_grads"};
 
 struct SectionPlace {
@@ -180,7 +180,8 @@ void resolve_components(RunConfig& config, const RunFile& run_file, const Regist
       table = &section_table(run_file, c.label);
     }
     c.info = &registry.find(c.kind, c.plugin);
-    std::vector<std::string> reserved = kReserved;
+    std::vector<std::string> reserved = {"plugin"};
+    if (c.kind == CFAMC_KIND_EVALUATOR) reserved.insert(reserved.end(), kEvaluatorKeys.begin(), kEvaluatorKeys.end());
     if (c.label == "attack") {
       toml::table host_keys;
       for (const auto& key : kTrainingAttackKeys)
