@@ -401,15 +401,24 @@ TEST_CASE("linear_probe and multicrop learn a separable problem; multicrop avera
   };
   cfamc::test::TempDir dir;
   const std::string options = "feature = \"backbone\"\nepochs = 30\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 20";
+  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3\nepsilon = \"2/255\"");
   for (const char* name : {"linear_probe", "multicrop"}) {
     INFO(name);
+    view_calls = 0;
     auto evaluator = make<Evaluator>(CFAMC_KIND_EVALUATOR, name, options, backbone->feature_dim());
-    EvalServices services(*backbone, nullptr, {{"train", split(40)}, {"test", split(20)}}, {}, dir.path(), view_maker);
+    EvalServices services(*backbone, nullptr, {{"train", split(40)}, {"test", split(20)}}, {{"pgd", pgd.get()}},
+                          dir.path(), view_maker);
     evaluator->evaluate(*services.get());
-    CHECK(services.metrics()["accuracy"].get<double>() >= 0.9);
+    const double clean = services.metrics()["accuracy"].get<double>();
+    CHECK(clean >= 0.9);
     CHECK(services.metrics().contains("train_accuracy"));
+    // Robust accuracy end to end; for multicrop the attack reaches through the views and their mean.
+    const double robust = services.metrics()["robust_accuracy"]["pgd"].get<double>();
+    CHECK(robust >= 0.0);
+    CHECK(robust <= 1.0);
+    if (std::string(name) == "multicrop") CHECK(view_calls == 2 + 3 + 1);  // train, test; 3 PGD steps; the check
+    else CHECK(view_calls == 0);
   }
-  CHECK(view_calls == 2);  // train and test, one encode batch each
 }
 
 TEST_CASE("evaluator services: attacks by id, nested reports, artifact paths", "[evaluator]") {

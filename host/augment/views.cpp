@@ -165,7 +165,9 @@ at::Tensor hsv_to_rgb(const at::Tensor& hsv) {
 
 at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generator& g) {
   const int64_t batch = images.size(0), n = r.count * batch;
-  at::Tensor x = images.to(at::kFloat).div_(255.0);
+  // uint8 images are scaled to [0,1]; float images are taken as [0,1] already and stay differentiable, so an
+  // attack can reach through the views (multicrop robust evaluation).
+  at::Tensor x = images.is_floating_point() ? images : images.to(at::kFloat).div_(255.0);
   if (r.count > 1) x = x.repeat({r.count, 1, 1, 1});
   const at::Tensor flip = bernoulli(n, r.flip, g);
   if (r.crop) {

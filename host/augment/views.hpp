@@ -10,8 +10,8 @@
 
 namespace cfamc::host {
 
-// `images`: uint8 [B, C, H, W]. Returns float [count*B, C, size, size] in [0,1], view-major (all first views,
-// then all second views, ...).
+// `images`: uint8 [B, C, H, W], or float in [0,1] (then differentiable). Returns float
+// [count*B, C, size, size] in [0,1], view-major (all first views, then all second views, ...).
 at::Tensor make_views(const ViewRecipe& recipe, const at::Tensor& images, at::Generator& generator);
 
 // RandomResizedCrop boxes as torchvision samples them (10 attempts, then the central fallback): int64

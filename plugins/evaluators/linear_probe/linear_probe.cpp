@@ -1,7 +1,8 @@
 // Linear evaluation of a frozen encoder: a linear classifier trained on features computed once in eval mode
 // (the backbone output or the objective's representation), reporting top-1 accuracy on the test split.
 // `linear_probe` uses each image's feature; `multicrop` the mean feature of N augmented views of each
-// image (EMP-SSL's bag-of-features), from a view group of the run file.
+// image (EMP-SSL's bag-of-features), from a view group of the run file. Both report robust accuracy
+// under the evaluator's attacks, end to end (for multicrop, through the views and their mean).
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -105,10 +106,6 @@ class LinearEvaluation : public cfamc::Evaluator {
     }
     const auto attacks = services.attack_ids();
     if (attacks.empty()) return;
-    if (!differentiable()) {
-      context().warn("robust accuracy needs a differentiable feature; this evaluator's is not, attacks skipped");
-      return;
-    }
     report_robustness(services, head, test_images, test_labels, attacks, "");
     if (!robust_head_attack_.empty()) {
       torch::nn::Linear robust = train_robust_head(services, head, train_images, train_labels);
@@ -119,10 +116,8 @@ class LinearEvaluation : public cfamc::Evaluator {
   }
 
  protected:
-  // The features of one batch of uint8 images.
-  virtual at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const = 0;
-  // Whether the features are a differentiable function of the pixels (attacks need that).
-  virtual bool differentiable() const { return false; }
+  // The features of a batch of images in [0,1] (float), differentiable with respect to them.
+  virtual at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& x) const = 0;
   cfamc_feature feature() const { return feature_; }
 
  private:
@@ -152,7 +147,7 @@ class LinearEvaluation : public cfamc::Evaluator {
       const int64_t end = std::min(n, start + robust_batch_size_);
       const at::Tensor x = images.slice(0, start, end).to(torch::kFloat).div(255.0);
       const at::Tensor y = labels.slice(0, start, end);
-      const auto logits = [&](const cfamc::TensorMap& m) { return head->forward(services.encode(m["x"], feature())); };
+      const auto logits = [&](const cfamc::TensorMap& m) { return head->forward(batch_features(services, m["x"])); };
       cfamc::FunctionOracle oracle(
           [&](const cfamc::TensorMap& m) {
             return torch::nn::functional::cross_entropy(
@@ -161,7 +156,7 @@ class LinearEvaluation : public cfamc::Evaluator {
           logits, y);
       const at::Tensor adversarial = services.attack(id, oracle.get(), x);
       torch::NoGradGuard no_grad;
-      correct.push_back(head->forward(services.encode(adversarial, feature())).argmax(1).eq(y));
+      correct.push_back(head->forward(batch_features(services, adversarial)).argmax(1).eq(y));
     }
     return torch::cat(correct);
   }
@@ -185,7 +180,7 @@ class LinearEvaluation : public cfamc::Evaluator {
         const at::Tensor idx = order.slice(0, start, start + robust_batch_size_);
         const at::Tensor x = images.index_select(0, idx).to(torch::kFloat).div(255.0);
         const at::Tensor y = labels.index_select(0, idx);
-        const auto logits = [&](const cfamc::TensorMap& m) { return robust->forward(services.encode(m["x"], feature())); };
+        const auto logits = [&](const cfamc::TensorMap& m) { return robust->forward(batch_features(services, m["x"])); };
         cfamc::FunctionOracle oracle(
             [&](const cfamc::TensorMap& m) {
               return torch::nn::functional::cross_entropy(
@@ -196,7 +191,7 @@ class LinearEvaluation : public cfamc::Evaluator {
         at::Tensor features;
         {
           torch::NoGradGuard no_grad;
-          features = services.encode(adversarial, feature());
+          features = batch_features(services, adversarial);
         }
         optimizer.zero_grad();
         torch::nn::functional::cross_entropy(robust->forward(features), y).backward();
@@ -210,7 +205,7 @@ class LinearEvaluation : public cfamc::Evaluator {
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> out;
     for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
-      out.push_back(batch_features(services, images.slice(0, start, start + encode_batch_size_)));
+      out.push_back(batch_features(services, images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0)));
     }
     return torch::cat(out, 0);
   }
@@ -239,10 +234,9 @@ class LinearProbe : public LinearEvaluation {
   using LinearEvaluation::LinearEvaluation;
 
  protected:
-  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const override {
-    return services.encode(images.to(torch::kFloat).div(255.0), feature());
+  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& x) const override {
+    return services.encode(x, feature());
   }
-  bool differentiable() const override { return true; }
 };
 
 class MultiCrop : public LinearEvaluation {
@@ -258,10 +252,11 @@ class MultiCrop : public LinearEvaluation {
   explicit MultiCrop(const cfamc::Context& ctx) : LinearEvaluation(ctx), group_(ctx.text("group")) {}
 
  protected:
-  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const override {
-    const at::Tensor views = services.make_views(group_, images);  // [N*B, C, S, S], view-major
+  // Through the averaged embedding: an attack perturbs the image, and every view is made from it.
+  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& x) const override {
+    const at::Tensor views = services.make_views(group_, x);  // [N*B, C, S, S], view-major
     const at::Tensor features = services.encode(views, feature());
-    return features.view({-1, images.size(0), features.size(1)}).mean(0);
+    return features.view({-1, x.size(0), features.size(1)}).mean(0);
   }
 
  private:

@@ -176,8 +176,8 @@ typedef struct cfamc_eval_services {
   void (*set_encoder_training)(void *self, int32_t training);
   /* The encoder's trainable tensors, for evaluators that fine-tune it. */
   void (*encoder_tensors)(void *self, const cfamc_tensor_visitor *visitor);
-  /* Views of uint8 images built by the run file's view group `group` ([V*N, C, S, S] float in [0,1],
-   * view-major), owned by the caller. */
+  /* Views of images (uint8, or float in [0,1], then differentiable) built by the run file's view group
+   * `group` ([V*N, C, S, S] float in [0,1], view-major), owned by the caller. */
   cfamc_error *(*make_views)(void *self, const char *group, const cfamc_tensor *images, cfamc_tensor **out_views);
   /* The attacks configured for this evaluator, by index, and running one of them. */
   size_t (*num_attacks)(void *self);
