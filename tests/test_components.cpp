@@ -133,7 +133,7 @@ TEST_CASE("simclr: views split, loss has a graph reaching backbone and head", "[
   REQUIRE(inputs.size() == 2);
   CHECK(torch::equal(inputs["view2"], views["views"].slice(0, 6, 12)));
 
-  const LossResult result = simclr->loss(*backbone, inputs, {}, CFAMC_PHASE_TRAIN);
+  const LossResult result = simclr->loss(*backbone, inputs, TensorMap(), CFAMC_PHASE_TRAIN);
   REQUIRE(result.loss.dim() == 0);
   CHECK(result.scalars.contains("nt_xent"));
   result.loss.backward();
@@ -154,8 +154,8 @@ TEST_CASE("simclr: matching views give a lower loss than unrelated ones", "[obje
   same.insert("view2", x);
   different.insert("view1", x);
   different.insert("view2", torch::rand({16, 3, 8, 8}));
-  const double same_loss = simclr->loss(*backbone, same, {}, CFAMC_PHASE_TRAIN).loss.item<double>();
-  const double different_loss = simclr->loss(*backbone, different, {}, CFAMC_PHASE_TRAIN).loss.item<double>();
+  const double same_loss = simclr->loss(*backbone, same, TensorMap(), CFAMC_PHASE_TRAIN).loss.item<double>();
+  const double different_loss = simclr->loss(*backbone, different, TensorMap(), CFAMC_PHASE_TRAIN).loss.item<double>();
   CHECK(same_loss < different_loss);
 }
 

@@ -167,6 +167,41 @@ TEST_CASE("set attack.plugin swaps the training attack; resuming with another at
   CHECK(summary["train"]["oracle_calls"] == 12 * 10);  // 12 resumed steps of PGD-10
 }
 
+TEST_CASE("an attack schedule trains clean, then with a growing epsilon", "[run][attack]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + R"(
+[attacks.pgd2]
+plugin = "pgd"
+epsilon = "2/255"
+steps = 1
+
+[attacks.pgd8]
+plugin = "pgd"
+epsilon = "8/255"
+steps = 2
+
+[[attack_schedule]]
+from_epoch = 1
+attack = "pgd2"
+
+[[attack_schedule]]
+from_epoch = 2
+attack = "pgd8"
+)");
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + dir.path().string() + " --set train.epochs=3");
+  INFO(out.output);
+  REQUIRE(out.exit_code == 0);
+  CHECK_THAT(out.output, Contains("epoch 0: training clean"));
+  CHECK_THAT(out.output, Contains("epoch 1: training with attack plugin 'pgd' (attacks.pgd2)"));
+  CHECK_THAT(out.output, Contains("epoch 2: training with attack plugin 'pgd' (attacks.pgd8)"));
+  const json summary = read_json(dir.path() / "summary.json");
+  CHECK(summary["train"]["oracle_calls"] == 8 * 1 + 8 * 2);
+  CHECK(summary["run"]["attack_schedule"].size() == 2);
+  const auto bad = run_host("--config " + file.string() + " --validate --set attack_schedule.1.attack=pgd16");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.output, Contains("attack_schedule names 'pgd16', but there is no [attacks.pgd16]"));
+}
+
 TEST_CASE("the weight-gradient accumulation quirk changes training; BatchNorm can be frozen during attacks", "[run][attack]") {
   cfamc::test::TempDir dir;
   const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"pgd\"\nsteps = 2\n");

@@ -96,6 +96,16 @@ std::string config_reference(const Registry& registry) {
   options_markdown(out, view_recipe_schema());
   out << "## [train]\n\n";
   options_markdown(out, train_schema());
+  out << "## [attack] (host keys)\n\n"
+      << "Besides `plugin` and the plugin's options, the training attack's table takes:\n\n";
+  options_markdown(out, training_attack_schema());
+  out << "## [[attack_schedule]]\n\n"
+      << "Switches the training attack during the run: from each entry's epoch, train with that evaluation\n"
+      << "attack (`[attacks.<id>]`), e.g. a growing epsilon; before the first entry `[attack]` applies.\n\n";
+  options_markdown(out, attack_schedule_schema());
+  out << "## [attacks.ID]\n\n"
+      << "Evaluation attacks (and attack-schedule entries): `plugin = \"...\"` and that plugin's options; an\n"
+      << "`[[evaluate]]` entry lists the ids it reports robust accuracy under (`attacks = [\"pgd8\"]`).\n\n";
   out << "## Components\n\n"
       << "`[backbone]` and `[objective]` are required, `[attack]` is optional, `[[evaluate]]` may repeat.\n"
       << "Each names its plugin with `plugin = \"<name>\"`; an `[[evaluate]]` entry may add `id = \"...\"`\n"

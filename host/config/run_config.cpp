@@ -8,8 +8,8 @@
 namespace cfamc::host {
 namespace {
 
-const std::vector<std::string> kSections = {"run",      "plugins",  "data",      "views",  "train",
-                                            "backbone", "objective", "attack", "evaluate", "attacks"};
+const std::vector<std::string> kSections = {"run",      "plugins",   "data",   "views",    "train",  "backbone",
+                                            "objective", "attack",  "evaluate", "attacks", "attack_schedule"};
 // Keys of component tables that the host reads itself; the rest belong to the plugin.
 const std::vector<std::string> kEvaluatorKeys = {"id", "control", "attacks"};
 const std::vector<std::string> kTrainingAttackKeys = {"bn_mode", "from_epoch", "accumulate_weight_grads"};
@@ -90,6 +90,13 @@ Schema training_attack_schema() {
   };
 }
 
+Schema attack_schedule_schema() {
+  return {
+      {"from_epoch", CFAMC_OPTION_INT, std::nullopt, "the epoch from which this entry's attack trains"},
+      {"attack", CFAMC_OPTION_STRING, std::nullopt, "an [attacks.<id>] id, or \"none\" for clean training"},
+  };
+}
+
 Schema plugins_section_schema() {
   return {{"paths", CFAMC_OPTION_STRING_LIST, "[]",
            "extra plugin directories or files, searched before CFAMC_PLUGIN_PATH and the installed plugins"}};
@@ -145,6 +152,28 @@ RunConfig resolve_host_sections(const RunFile& run_file) {
     ComponentConfig c = component_at(*table, CFAMC_KIND_ATTACK, "attacks." + id, run_file);
     c.id = id;
     config.components.push_back(std::move(c));
+  }
+  if (const toml::node* node = run_file.table.get("attack_schedule")) {
+    const toml::array* entries = node->as_array();
+    if (entries == nullptr || !entries->is_array_of_tables()) {
+      fail(ExitCode::usage, location_of(*node, run_file.file) + ": 'attack_schedule' must be an array of tables ([[attack_schedule]])");
+    }
+    for (const auto& entry : *entries) {
+      toml::table resolved = resolve_options(*entry.as_table(), attack_schedule_schema(), "attack_schedule", run_file.file);
+      ScheduledAttack scheduled{resolved["from_epoch"].value_or(int64_t{0}), resolved["attack"].value_or(std::string())};
+      const bool known = scheduled.attack == "none" ||
+                         std::any_of(config.components.begin(), config.components.end(),
+                                     [&](const ComponentConfig& c) { return c.label == "attacks." + scheduled.attack; });
+      if (!known) {
+        fail(ExitCode::usage, location_of(entry, run_file.file) + ": attack_schedule names '" + scheduled.attack +
+                                  "', but there is no [attacks." + scheduled.attack + "]");
+      }
+      if (!config.attack_schedule.empty() && scheduled.from_epoch <= config.attack_schedule.back().from_epoch) {
+        fail(ExitCode::usage, location_of(entry, run_file.file) + ": attack_schedule entries need increasing from_epoch");
+      }
+      config.attack_schedule.push_back(scheduled);
+      config.attack_schedule_table.push_back(std::move(resolved));
+    }
   }
   if (const toml::node* node = run_file.table.get("evaluate")) {
     const toml::array* entries = node->as_array();
@@ -263,6 +292,7 @@ toml::table RunConfig::resolved() const {
   }
   if (!evaluators.empty()) out.insert("evaluate", std::move(evaluators));
   if (!attacks.empty()) out.insert("attacks", std::move(attacks));
+  if (!attack_schedule_table.empty()) out.insert("attack_schedule", attack_schedule_table);
   return out;
 }
 

@@ -40,6 +40,12 @@ struct TrainingAttackConfig {
   bool accumulate_weight_grads = false;  // reference quirk: attack steps' weight gradients join the update
 };
 
+// One entry of [[attack_schedule]]: from this epoch on, train with [attacks.<attack>] ("none": clean).
+struct ScheduledAttack {
+  int64_t from_epoch = 0;
+  std::string attack;
+};
+
 struct RunConfig {
   std::string file;
   std::string dir;
@@ -49,6 +55,8 @@ struct RunConfig {
   DataConfig data;
   TrainConfig train;
   std::vector<ViewRecipe> views;
+  std::vector<ScheduledAttack> attack_schedule;  // ascending from_epoch
+  toml::array attack_schedule_table;             // as resolved, for resolved()
   std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), evaluators, [attacks.*]
   toml::table data_table, train_table, views_table;  // as resolved, for resolved()
 
@@ -64,6 +72,7 @@ struct RunConfig {
 Schema run_section_schema();
 Schema plugins_section_schema();
 Schema training_attack_schema();
+Schema attack_schedule_schema();
 
 // Step 1, before plugins are discovered: the sections the host reads itself, and the shape of the rest
 // (unknown top-level section -> error with the nearest known one).

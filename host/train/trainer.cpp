@@ -221,6 +221,18 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
   std::optional<fs::path> last_checkpoint = resume_from;
   Progress progress(step, total);
   const int64_t first_step = step;
+  // The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
+  const auto attack_at = [&](int64_t epoch) -> const Attack* {
+    const Attack* chosen = (a.attack && epoch >= attack_config.from_epoch) ? a.attack.get() : nullptr;
+    for (const auto& entry : config.attack_schedule) {
+      if (epoch < entry.from_epoch) break;
+      chosen = nullptr;
+      for (const auto& [id, candidate] : a.evaluation_attacks)
+        if (id == entry.attack) chosen = candidate.get();
+    }
+    return chosen;
+  };
+  const Attack* current_attack = nullptr;
   int64_t updates = optimizer_updates(optimizer), attack_calls = 0, backward_passes = 0, oracle_calls = 0, crops_seen = 0;
   const auto train_start = std::chrono::steady_clock::now();
   a.backbone->set_training(true);
@@ -236,8 +248,14 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
     const TensorMap inputs = a.objective->prepare(views, device_indices);
 
     LossResult result;
-    const bool attacking = a.attack && step / steps_per_epoch >= attack_config.from_epoch;
-    for (int32_t replay = 0; replay < (attacking ? replays : 1); ++replay) {
+    const Attack* attack = attack_at(step / steps_per_epoch);
+    if (attack != current_attack || step == first_step) {
+      log(LogLevel::info, "epoch " + std::to_string(step / steps_per_epoch) + ": training " +
+                              (attack ? "with attack " + attack->who() : std::string("clean")));
+      current_attack = attack;
+    }
+    const bool attacking = attack != nullptr;
+    for (int32_t replay = 0; replay < (attacking ? attack->replays() : 1); ++replay) {
       TensorMap adversarial;
       optimizer.zero_grad();
       if (attacking) {
@@ -251,11 +269,11 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
         ObjectiveOracle oracle(*a.objective, *a.backbone, inputs, attack_config.accumulate_weight_grads);
         const cfamc_oracle c_oracle = oracle.get();
         if (attack_config.eval_mode_bn) set_encoder_training(a, false);
-        adversarial = a.attack->perturb(c_oracle, targets);
+        adversarial = attack->perturb(c_oracle, targets);
         if (attack_config.eval_mode_bn) set_encoder_training(a, true);
         oracle_calls += oracle.calls();
         // Free adversarial training: the same backward pass yields the input gradient the attack keeps.
-        if (a.attack->observes())
+        if (attack->observes())
           for (auto& item : adversarial) item.value() = item.value().detach().requires_grad_(true);
         ++attack_calls;
       }
@@ -263,10 +281,10 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
       result.loss.backward();
       ++backward_passes;
       crops_seen += train.batch_size * views_per_image;
-      if (attacking && a.attack->observes()) {
+      if (attacking && attack->observes()) {
         TensorMap gradients;
         for (const auto& item : adversarial) gradients.insert(item.key(), item.value().grad());
-        a.attack->observe(gradients);
+        attack->observe(gradients);
       }
       optimizer.step(learning_rate(train.schedule, train.lr, updates++, updates_total));
       nonfinite.logical_or_(result.loss.detach().isfinite().logical_not());
@@ -324,7 +342,12 @@ void run_training(const RunConfig& config, const Registry& registry, const RunRe
         {"versions", {{"cfamc", CFAMC_VERSION}, {"libtorch", CFAMC_TORCH_VERSION}, {"cuda_build", CFAMC_TORCH_CUDA_VERSION}}},
         {"wall_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count()},
         {"resumed_from_step", first_step},
-        {"attack", a.attack ? a.attack->info().name : std::string("none")}}},
+        {"attack", a.attack ? a.attack->info().name : std::string("none")},
+        {"attack_schedule", [&] {
+           json entries = json::array();
+           for (const auto& e : config.attack_schedule) entries.push_back({{"from_epoch", e.from_epoch}, {"attack", e.attack}});
+           return entries;
+         }()}}},
       {"train",
        {{"steps", step},
         {"steps_per_epoch", steps_per_epoch},
