@@ -39,6 +39,9 @@ class KNN : public cfamc::Evaluator {
   }
 
   void evaluate(const cfamc::EvalServices& services) override {
+    if (!services.attack_ids().empty()) {
+      context().warn("kNN's top-k vote has no gradient to attack; robust accuracy comes from linear_probe or multicrop");
+    }
     services.set_encoder_training(false);
     torch::NoGradGuard no_grad;
     const auto [train_images, train_labels] = services.dataset(train_split_);
