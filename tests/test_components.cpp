@@ -103,7 +103,7 @@ TEST_CASE("convnet: normalisation inside and bad inputs are errors", "[backbone]
   CHECK_THROWS_WITH(convnet("mean = [0.5]\nstd = [0.5]"), Contains("one value per input channel"));
   auto normalised = convnet("width = 4\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]");
   bool has_mean = false;
-  for (const auto& t : normalised->named_tensors()) has_mean |= (t.name == "mean" && t.role == CFAMC_ROLE_BUFFER);
+  for (const auto& t : normalised->named_tensors()) has_mean |= (t.name == "normalise.mean" && t.role == CFAMC_ROLE_BUFFER);
   CHECK(has_mean);
   try {
     normalised->forward(torch::rand({2, 1, 8, 8}));

@@ -28,7 +28,7 @@ class ConvNet : public cfamc::Backbone {
     if (in_channels_ < 1 || width_ < 1 || branches < 1) {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "in_channels, width and branches must be positive");
     }
-    set_normalisation(ctx.reals("mean"), ctx.reals("std"));
+    normalise_ = register_module("normalise", cfamc::PixelNormalisation(in_channels_, ctx.reals("mean"), ctx.reals("std")));
     at::Generator generator = ctx.generator();
     int64_t channels = in_channels_;
     for (int block = 0; block < 3; ++block) {
@@ -60,7 +60,7 @@ class ConvNet : public cfamc::Backbone {
     if (branch < 0 || branch >= num_branches_) {
       throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "convnet: no BatchNorm branch " + std::to_string(branch));
     }
-    at::Tensor h = mean_.defined() ? (x - mean_) / std_ : x;
+    at::Tensor h = normalise_->forward(x);
     for (size_t block = 0; block < convs_.size(); ++block) {
       h = convs_[block]->forward(h);
       h = norms_[block]->ptr(branch)->as<torch::nn::BatchNorm2dImpl>()->forward(h);
@@ -73,24 +73,12 @@ class ConvNet : public cfamc::Backbone {
   int32_t num_branches() const override { return num_branches_; }
 
  private:
-  void set_normalisation(const std::vector<double>& mean, const std::vector<double>& std) {
-    if (mean.size() != std.size() || (!mean.empty() && static_cast<int64_t>(mean.size()) != in_channels_)) {
-      throw cfamc::Error(CFAMC_ERROR_OPTION, "mean and std need one value per input channel (" +
-                                                 std::to_string(in_channels_) + "), or both []");
-    }
-    if (mean.empty()) return;
-    for (double s : std)
-      if (s <= 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "std values must be positive");
-    mean_ = register_buffer("mean", torch::tensor(mean, torch::kFloat).view({1, -1, 1, 1}));
-    std_ = register_buffer("std", torch::tensor(std, torch::kFloat).view({1, -1, 1, 1}));
-  }
-
   int64_t in_channels_;
   int64_t width_;
   int32_t num_branches_ = 1;
   std::vector<torch::nn::Conv2d> convs_;
   std::vector<torch::nn::ModuleList> norms_;
-  at::Tensor mean_, std_;
+  cfamc::PixelNormalisation normalise_{nullptr};
 };
 
 }  // namespace

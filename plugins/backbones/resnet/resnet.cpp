@@ -114,7 +114,7 @@ class ResNetBase : public cfamc::Backbone {
     branches_ = static_cast<int32_t>(branches);
     in_channels_ = in_channels;
     channels_last_ = ctx.flag("channels_last");
-    set_normalisation(ctx.reals("mean"), ctx.reals("std"));
+    normalise_ = register_module("normalise", cfamc::PixelNormalisation(in_channels, ctx.reals("mean"), ctx.reals("std")));
     const bool preact = BlockImpl::preactivated(arch.kind);
     stem_ = register_module("conv1", conv(in_channels, arch.stem, 3, 1));
     if (!preact) stem_norm_ = register_module("bn1", BranchedBatchNorm(arch.stem, branches));
@@ -150,7 +150,7 @@ class ResNetBase : public cfamc::Backbone {
     if (branch < 0 || branch >= branches_) {
       throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "no BatchNorm branch " + std::to_string(branch));
     }
-    at::Tensor h = mean_.defined() ? (x - mean_) / std_ : x;
+    at::Tensor h = normalise_->forward(x);
     if (channels_last_) h = h.contiguous(torch::MemoryFormat::ChannelsLast);
     h = stem_->forward(h);
     if (stem_norm_) h = torch::relu(stem_norm_->forward(h, branch));
@@ -178,17 +178,6 @@ class ResNetBase : public cfamc::Backbone {
     }
   }
 
-  void set_normalisation(const std::vector<double>& mean, const std::vector<double>& std) {
-    if (mean.size() != std.size() || (!mean.empty() && static_cast<int64_t>(mean.size()) != in_channels_)) {
-      throw cfamc::Error(CFAMC_ERROR_OPTION, "mean and std need one value per input channel, or both []");
-    }
-    if (mean.empty()) return;
-    for (double s : std)
-      if (s <= 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "std values must be positive");
-    mean_ = register_buffer("mean", torch::tensor(mean, torch::kFloat).view({1, -1, 1, 1}));
-    std_ = register_buffer("std", torch::tensor(std, torch::kFloat).view({1, -1, 1, 1}));
-  }
-
   Architecture arch_;
   int64_t in_channels_ = 3, feature_dim_ = 0;
   int32_t branches_ = 1;
@@ -196,7 +185,7 @@ class ResNetBase : public cfamc::Backbone {
   nn::Conv2d stem_{nullptr};
   BranchedBatchNorm stem_norm_{nullptr}, final_norm_{nullptr};
   std::vector<Block> blocks_;
-  at::Tensor mean_, std_;
+  cfamc::PixelNormalisation normalise_{nullptr};
 };
 
 #define CFAMC_RESNET(CLASS, NAME, SUMMARY, ...)                                       \

@@ -70,12 +70,7 @@ class LinearEvaluation : public cfamc::Evaluator {
     const int64_t classes = train_labels.max().item<int64_t>() + 1;
 
     torch::nn::Linear head(train_features.size(1), classes);
-    {
-      torch::NoGradGuard no_grad;
-      const double bound = 1.0 / std::sqrt(static_cast<double>(train_features.size(1)));
-      head->weight.uniform_(-bound, bound, seed_generator_);
-      head->bias.uniform_(-bound, bound, seed_generator_);
-    }
+    cfamc::initialise_linear_layers(*head, seed_generator_);
     head->to(train_features.device());
     std::unique_ptr<torch::optim::Optimizer> optimizer;
     if (adam_) {

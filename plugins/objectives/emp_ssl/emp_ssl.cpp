@@ -49,7 +49,7 @@ class EmpSsl : public cfamc::Objective {
     projection_ = register_module("projection", torch::nn::Sequential(torch::nn::Linear(pre_dim_, hidden),
                                                                       torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
                                                                       torch::nn::Linear(hidden, out)));
-    reinitialise_linears(ctx.generator());
+    cfamc::initialise_linear_layers(*this, ctx.generator());
     to(ctx.device());
   }
 
@@ -86,18 +86,6 @@ class EmpSsl : public cfamc::Objective {
   int64_t representation_dim(int64_t) const override { return pre_dim_; }
 
  private:
-  // PyTorch's default Linear init, drawn from this component's generator.
-  void reinitialise_linears(at::Generator generator) {
-    torch::NoGradGuard no_grad;
-    for (auto& module : modules(/*include_self=*/false)) {
-      if (auto* linear = module->as<torch::nn::Linear>()) {
-        const double bound = 1.0 / std::sqrt(static_cast<double>(linear->options.in_features()));
-        linear->weight.uniform_(-bound, bound, generator);
-        linear->bias.uniform_(-bound, bound, generator);
-      }
-    }
-  }
-
   std::string group_;
   int64_t crops_, pre_dim_;
   double eps_, invariance_weight_, tcr_weight_;

@@ -41,7 +41,7 @@ class SimCLR : public cfamc::Objective {
     projector_ = register_module("projector", torch::nn::Sequential(torch::nn::Linear(ctx.feature_dim(), hidden),
                                                                     torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
                                                                     torch::nn::Linear(hidden, out)));
-    reinitialise_linears(ctx.generator());
+    cfamc::initialise_linear_layers(*this, ctx.generator());
     to(ctx.device());
   }
 
@@ -80,19 +80,6 @@ class SimCLR : public cfamc::Objective {
   }
 
  private:
-  // PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from this component's own
-  // generator so that initialisation depends on the run's seed and on nothing else.
-  void reinitialise_linears(at::Generator generator) {
-    torch::NoGradGuard no_grad;
-    for (auto& module : projector_->modules(/*include_self=*/false)) {
-      if (auto* linear = module->as<torch::nn::Linear>()) {
-        const double bound = 1.0 / std::sqrt(static_cast<double>(linear->options.in_features()));
-        linear->weight.uniform_(-bound, bound, generator);
-        linear->bias.uniform_(-bound, bound, generator);
-      }
-    }
-  }
-
   std::string group_;
   int64_t views_;
   double temperature_;

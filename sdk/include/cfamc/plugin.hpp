@@ -9,9 +9,11 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/ordered_dict.h>
 #include <torch/version.h>
 
+#include <cmath>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -325,6 +327,47 @@ class EvalServices {
  private:
   const cfamc_eval_services* s_;
 };
+
+// ---- Helpers for modules -----------------------------------------------------------------------------
+
+// PyTorch's default initialisation of every Linear layer inside `module`, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+// for weight and bias, drawn from `generator` (a component's, see Context::generator) instead of LibTorch's
+// global generator, so that a run's initialisation depends on its seed and on nothing else.
+inline void initialise_linear_layers(torch::nn::Module& module, at::Generator generator) {
+  torch::NoGradGuard no_grad;
+  const auto initialise = [&](torch::nn::Module& m) {
+    if (auto* linear = m.as<torch::nn::Linear>()) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(linear->options.in_features()));
+      linear->weight.uniform_(-bound, bound, generator);
+      if (linear->bias.defined()) linear->bias.uniform_(-bound, bound, generator);
+    }
+  };
+  // The module itself may live outside a shared_ptr (a component), so it is not asked for as a child.
+  initialise(module);
+  for (auto& child : module.modules(/*include_self=*/false)) initialise(*child);
+}
+
+// Per-channel normalisation applied inside a backbone's forward (inputs always arrive in [0,1]). Register it
+// as a submodule; empty `mean` and `std` mean no normalisation.
+class PixelNormalisationImpl : public torch::nn::Module {
+ public:
+  PixelNormalisationImpl(int64_t channels, const std::vector<double>& mean, const std::vector<double>& std) {
+    if (mean.size() != std.size() || (!mean.empty() && static_cast<int64_t>(mean.size()) != channels)) {
+      throw Error(CFAMC_ERROR_OPTION, "mean and std need one value per input channel (" + std::to_string(channels) +
+                                          "), or both []");
+    }
+    for (double s : std)
+      if (s <= 0) throw Error(CFAMC_ERROR_OPTION, "std values must be positive");
+    if (mean.empty()) return;
+    mean_ = register_buffer("mean", torch::tensor(mean, torch::kFloat).view({1, -1, 1, 1}));
+    std_ = register_buffer("std", torch::tensor(std, torch::kFloat).view({1, -1, 1, 1}));
+  }
+  at::Tensor forward(const at::Tensor& x) { return mean_.defined() ? (x - mean_) / std_ : x; }
+
+ private:
+  at::Tensor mean_, std_;
+};
+TORCH_MODULE(PixelNormalisation);
 
 // ---- The four kinds ----------------------------------------------------------------------------------
 // Parameters and buffers registered on the torch::nn::Module are the component's named tensors; the
