@@ -12,6 +12,7 @@
 #include "failure.hpp"
 #include "plugins/components.hpp"
 #include "plugins/tensor_handle.hpp"
+#include "train/objective_oracle.hpp"
 #include "support.hpp"
 
 using namespace cfamc::host;
@@ -44,24 +45,25 @@ int64_t count(const std::vector<at::Tensor>& tensors) {
   return n;
 }
 
-// The oracle an attack gets during pre-training: the objective's attack-phase loss.
-struct ObjectiveOracle {
-  const Objective& objective;
-  const Backbone& backbone;
-  const TensorMap& clean;
-  int calls = 0;
-
-  cfamc_oracle get() {
-    return cfamc_oracle{sizeof(cfamc_oracle), this,
-                        [](void* self, const cfamc_named_tensors* inputs, cfamc_tensor** out) -> cfamc_error* {
-                          auto* o = static_cast<ObjectiveOracle*>(self);
-                          ++o->calls;
-                          const LossResult r = o->objective.loss(o->backbone, o->clean, to_map(inputs), CFAMC_PHASE_ATTACK);
-                          *out = make_handle(r.loss);
-                          return nullptr;
-                        },
-                        nullptr, nullptr};
+// A convnet, a small SimCLR head and a minibatch of two views, view 2 being the one attacks perturb.
+struct SimclrAttackSetup {
+  explicit SimclrAttackSetup(int64_t batch)
+      : backbone(convnet()),
+        simclr(make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                               backbone->feature_dim())) {
+    clean.insert("view1", torch::rand({batch, 3, 8, 8}));
+    clean.insert("view2", torch::rand({batch, 3, 8, 8}));
+    attacked.insert("view2", clean["view2"]);
   }
+  // The loss the attacks maximise, at `view2` (the clean one by default).
+  double attack_loss(const TensorMap& view2) const {
+    torch::NoGradGuard no_grad;
+    return simclr->loss(*backbone, clean, view2, CFAMC_PHASE_ATTACK).loss.item<double>();
+  }
+
+  std::unique_ptr<Backbone> backbone;
+  std::unique_ptr<Objective> simclr;
+  TensorMap clean, attacked;
 };
 
 }  // namespace
@@ -160,76 +162,46 @@ TEST_CASE("simclr: matching views give a lower loss than unrelated ones", "[obje
 }
 
 TEST_CASE("pgd against the objective's oracle: inside the ball and [0,1], loss not lower", "[attack]") {
-  auto backbone = convnet();
-  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
-                                backbone->feature_dim());
+  SimclrAttackSetup setup(8);
   auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 5");
   CHECK(pgd->replays() == 1);
-  TensorMap clean;
-  clean.insert("view1", torch::rand({8, 3, 8, 8}));
-  clean.insert("view2", torch::rand({8, 3, 8, 8}));
-  TensorMap attacked;
-  attacked.insert("view2", clean["view2"]);
-  ObjectiveOracle oracle{*simclr, *backbone, clean};
-  const cfamc_oracle c_oracle = oracle.get();
-  const TensorMap adversarial = pgd->perturb(c_oracle, attacked);
-  CHECK(oracle.calls == 5);
-  const at::Tensor delta = adversarial["view2"] - clean["view2"];
+  ObjectiveOracle oracle(*setup.simclr, *setup.backbone, setup.clean);
+  const TensorMap adversarial = pgd->perturb(oracle.get(), setup.attacked);
+  CHECK(oracle.calls() == 5);
+  const at::Tensor delta = adversarial["view2"] - setup.clean["view2"];
   CHECK(delta.abs().max().item<double>() <= 8.0 / 255 + 1e-6);
   CHECK(adversarial["view2"].min().item<double>() >= 0);
   CHECK(adversarial["view2"].max().item<double>() <= 1);
   CHECK_FALSE(adversarial["view2"].requires_grad());
-  torch::NoGradGuard no_grad;
-  const double clean_loss = simclr->loss(*backbone, clean, attacked, CFAMC_PHASE_ATTACK).loss.item<double>();
-  const double attacked_loss = simclr->loss(*backbone, clean, adversarial, CFAMC_PHASE_ATTACK).loss.item<double>();
-  CHECK(attacked_loss >= clean_loss);
+  CHECK(setup.attack_loss(adversarial) >= setup.attack_loss(setup.attacked));
 }
 
 TEST_CASE("pgd: zero steps from a zero start is the identity, and L2 stays in its ball", "[attack]") {
-  auto backbone = convnet();
-  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
-                                backbone->feature_dim());
-  TensorMap clean;
-  clean.insert("view1", torch::rand({4, 3, 8, 8}));
-  clean.insert("view2", torch::rand({4, 3, 8, 8}));
-  TensorMap attacked;
-  attacked.insert("view2", clean["view2"]);
-  ObjectiveOracle oracle{*simclr, *backbone, clean};
+  SimclrAttackSetup setup(4);
+  ObjectiveOracle oracle(*setup.simclr, *setup.backbone, setup.clean);
   const cfamc_oracle c_oracle = oracle.get();
-
   auto identity = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 0\nrandom_start = false");
-  CHECK(torch::equal(identity->perturb(c_oracle, attacked)["view2"], clean["view2"]));
+  CHECK(torch::equal(identity->perturb(c_oracle, setup.attacked)["view2"], setup.clean["view2"]));
 
   auto l2 = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3\nnorm = \"l2\"\nepsilon = 0.5\nstep_size = 0.2");
-  const at::Tensor delta = l2->perturb(c_oracle, attacked)["view2"] - clean["view2"];
+  const at::Tensor delta = l2->perturb(c_oracle, setup.attacked)["view2"] - setup.clean["view2"];
   CHECK(delta.flatten(1).norm(2, 1).max().item<double>() <= 0.5 + 1e-5);
   CHECK(delta.abs().max().item<double>() > 0);
 }
 
 TEST_CASE("fgsm and fgsm_rs stay in the ball and [0,1] and do not lower the loss", "[attack]") {
-  auto backbone = convnet();
-  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
-                                backbone->feature_dim());
-  TensorMap clean;
-  clean.insert("view1", torch::rand({8, 3, 8, 8}));
-  clean.insert("view2", torch::rand({8, 3, 8, 8}));
-  TensorMap attacked;
-  attacked.insert("view2", clean["view2"]);
+  SimclrAttackSetup setup(8);
   for (const char* name : {"fgsm", "fgsm_rs"}) {
     INFO(name);
     auto attack = make<Attack>(CFAMC_KIND_ATTACK, name, "epsilon = \"4/255\"");
-    ObjectiveOracle oracle{*simclr, *backbone, clean};
-    const cfamc_oracle c_oracle = oracle.get();
-    const at::Tensor adversarial = attack->perturb(c_oracle, attacked)["view2"];
-    CHECK(oracle.calls == 1);
-    CHECK((adversarial - clean["view2"]).abs().max().item<double>() <= 4.0 / 255 + 1e-6);
-    CHECK(adversarial.min().item<double>() >= 0);
-    CHECK(adversarial.max().item<double>() <= 1);
-    torch::NoGradGuard no_grad;
-    TensorMap adv;
-    adv.insert("view2", adversarial);
-    CHECK(simclr->loss(*backbone, clean, adv, CFAMC_PHASE_ATTACK).loss.item<double>() >=
-          simclr->loss(*backbone, clean, attacked, CFAMC_PHASE_ATTACK).loss.item<double>());
+    ObjectiveOracle oracle(*setup.simclr, *setup.backbone, setup.clean);
+    const TensorMap adversarial = attack->perturb(oracle.get(), setup.attacked);
+    CHECK(oracle.calls() == 1);
+    const at::Tensor view2 = adversarial["view2"];
+    CHECK((view2 - setup.clean["view2"]).abs().max().item<double>() <= 4.0 / 255 + 1e-6);
+    CHECK(view2.min().item<double>() >= 0);
+    CHECK(view2.max().item<double>() <= 1);
+    CHECK(setup.attack_loss(adversarial) >= setup.attack_loss(setup.attacked));
   }
 }
 
@@ -484,9 +456,8 @@ TEST_CASE("on a CUDA device: backbone, objective and attack keep tensors on the 
   clean.insert("view2", torch::rand({8, 3, 16, 16}, torch::kCUDA));
   TensorMap attacked;
   attacked.insert("view2", clean["view2"]);
-  ObjectiveOracle oracle{*simclr, *backbone, clean};
-  const cfamc_oracle c_oracle = oracle.get();
-  const TensorMap adversarial = pgd->perturb(c_oracle, attacked);
+  ObjectiveOracle oracle(*simclr, *backbone, clean);
+  const TensorMap adversarial = pgd->perturb(oracle.get(), attacked);
   REQUIRE(adversarial["view2"].is_cuda());
   CHECK((adversarial["view2"] - clean["view2"]).abs().max().item<double>() <= 8.0 / 255 + 1e-6);
   const LossResult result = simclr->loss(*backbone, clean, adversarial, CFAMC_PHASE_TRAIN);
