@@ -1,8 +1,10 @@
-// ResNets for small images, torchvision's definitions with the CIFAR stem (3x3 stride-1 conv, no max-pool):
-// resnet18 and resnet34 (basic blocks), resnet50 (bottlenecks); the pre-activation family (He et al. 2016):
-// preact_resnet18 (fast/free adversarial training), resnet50v2 (Adv-SS pre-training) and wrn34_10
-// (WideResNet-34-10, the RobustBench standard). Every BatchNorm exists once per branch, selected per
-// forward; normalisation happens inside; the output is the globally pooled feature (no classifier).
+// ResNets for small images, read like torchvision's resnet.py but with the CIFAR stem (3x3 stride-1 conv, no
+// max-pool): resnet18 and resnet34 (BasicBlock), resnet50 (Bottleneck); and the pre-activation family of He et
+// al. 2016 (PreActBlock, PreActBottleneck): preact_resnet18 (fast/free adversarial training), resnet50v2
+// (Adv-SS pre-training) and wrn34_10 (WideResNet-34-10, the RobustBench standard). Every BatchNorm exists
+// once per branch, selected per forward; normalisation happens inside; the output is the globally pooled
+// feature (no classifier). Tensor names are torchvision's (layer1.0.conv1.weight, ...) except the shortcut,
+// `shortcut` and `shortcut_bn` for its `downsample`: checkpoints already carry these names.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -26,147 +28,227 @@ class BranchedBatchNormImpl : public nn::Module {
 };
 TORCH_MODULE(BranchedBatchNorm);
 
-nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
+nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride = 1) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false));
 }
 
-// A residual block: `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3, 1x1 with 4x expansion), or their
-// pre-activation forms `preact` and `preact_bottleneck` (BN-ReLU before each conv; the shortcut, where the
-// shape changes, takes the pre-activated input).
-class BlockImpl : public nn::Module {
- public:
-  enum class Kind { basic, bottleneck, preact, preact_bottleneck };
-  static bool bottleneck(Kind kind) { return kind == Kind::bottleneck || kind == Kind::preact_bottleneck; }
-  static bool preactivated(Kind kind) { return kind == Kind::preact || kind == Kind::preact_bottleneck; }
-  static int64_t expansion(Kind kind) { return bottleneck(kind) ? 4 : 1; }
+nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
+}
 
-  BlockImpl(Kind kind, int64_t in, int64_t planes, int64_t stride, int64_t branches) : kind_(kind) {
-    const int64_t out = planes * expansion(kind);
-    const bool pre = preactivated(kind);
-    if (bottleneck(kind)) {
-      convs_ = {conv(in, planes, 1, 1), conv(planes, planes, 3, stride), conv(planes, out, 1, 1)};
-      norms_ = {BranchedBatchNorm(pre ? in : planes, branches), BranchedBatchNorm(planes, branches),
-                BranchedBatchNorm(pre ? planes : out, branches)};
-    } else {
-      convs_ = {conv(in, planes, 3, stride), conv(planes, planes, 3, 1)};
-      norms_ = {BranchedBatchNorm(pre ? in : planes, branches), BranchedBatchNorm(planes, branches)};
-    }
-    for (size_t i = 0; i < convs_.size(); ++i) {
-      register_module("conv" + std::to_string(i + 1), convs_[i]);
-      register_module("bn" + std::to_string(i + 1), norms_[i]);
-    }
-    if (stride != 1 || in != out) {
-      shortcut_ = register_module("shortcut", conv(in, out, 1, stride));
-      if (!pre) shortcut_norm_ = register_module("shortcut_bn", BranchedBatchNorm(out, branches));
+// The identity shortcut only fits where the block keeps the resolution and the channels.
+bool needs_projection(int64_t in, int64_t out, int64_t stride) { return stride != 1 || in != out; }
+
+// Within each block, modules are registered convolution first, then its BatchNorm: the pre-activation blocks
+// too, although their BatchNorm runs first, so that the seeded initialisation and the tensor order stay
+// those of earlier versions.
+
+class BasicBlock : public nn::Module {
+ public:
+  static constexpr int64_t expansion = 1;
+  static constexpr bool preactivated = false;
+
+  BasicBlock(int64_t in, int64_t planes, int64_t stride, int64_t branches)
+      : conv1_(register_module("conv1", conv3x3(in, planes, stride))),
+        bn1_(register_module("bn1", BranchedBatchNorm(planes, branches))),
+        conv2_(register_module("conv2", conv3x3(planes, planes))),
+        bn2_(register_module("bn2", BranchedBatchNorm(planes, branches))) {
+    if (needs_projection(in, planes, stride)) {
+      shortcut_ = register_module("shortcut", conv1x1(in, planes, stride));
+      shortcut_bn_ = register_module("shortcut_bn", BranchedBatchNorm(planes, branches));
     }
   }
 
   at::Tensor forward(const at::Tensor& x, int32_t branch) {
-    if (preactivated(kind_)) {
-      const at::Tensor pre = torch::relu(norms_[0]->forward(x, branch));
-      const at::Tensor identity = shortcut_ ? shortcut_->forward(pre) : x;
-      at::Tensor h = convs_[0]->forward(pre);
-      for (size_t i = 1; i < convs_.size(); ++i) h = convs_[i]->forward(torch::relu(norms_[i]->forward(h, branch)));
-      return h + identity;
-    }
-    at::Tensor h = x;
-    for (size_t i = 0; i < convs_.size(); ++i) {
-      h = norms_[i]->forward(convs_[i]->forward(h), branch);
-      if (i + 1 < convs_.size()) h = torch::relu(h);
-    }
-    const at::Tensor identity = shortcut_ ? shortcut_norm_->forward(shortcut_->forward(x), branch) : x;
-    return torch::relu(h + identity);
+    at::Tensor out = torch::relu(bn1_->forward(conv1_->forward(x), branch));
+    out = bn2_->forward(conv2_->forward(out), branch);
+    const at::Tensor identity = shortcut_ ? shortcut_bn_->forward(shortcut_->forward(x), branch) : x;
+    return torch::relu(out + identity);
   }
 
  private:
-  Kind kind_;
-  std::vector<nn::Conv2d> convs_;
-  std::vector<BranchedBatchNorm> norms_;
+  nn::Conv2d conv1_;
+  BranchedBatchNorm bn1_;
+  nn::Conv2d conv2_;
+  BranchedBatchNorm bn2_;
   nn::Conv2d shortcut_{nullptr};
-  BranchedBatchNorm shortcut_norm_{nullptr};
-};
-TORCH_MODULE(Block);
-
-// Stages of `blocks[i]` blocks of `planes[i]` planes; the first stage keeps the resolution, each later one
-// halves it.
-struct Architecture {
-  BlockImpl::Kind kind;
-  std::vector<int64_t> blocks;
-  std::vector<int64_t> planes;
-  int64_t stem;
+  BranchedBatchNorm shortcut_bn_{nullptr};
 };
 
-std::vector<cfamc_option_decl> common_options() {
-  return {
-      cfamc::option("in_channels", CFAMC_OPTION_INT, "3", "channels of the input images"),
-      cfamc::option("branches", CFAMC_OPTION_INT, "1", "BatchNorm sets selectable per forward"),
-      cfamc::option("mean", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel mean subtracted inside forward; [] for none"),
-      cfamc::option("std", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel std divided inside forward; [] for none"),
-      cfamc::option("channels_last", CFAMC_OPTION_BOOL, "false", "run convolutions in channels-last memory format"),
-  };
-}
-
-class ResNetBase : public cfamc::Backbone {
+// torchvision's (v1.5) places the stride on the 3x3 convolution, not on the first 1x1.
+class Bottleneck : public nn::Module {
  public:
-  ResNetBase(const cfamc::Context& ctx, Architecture arch) : Backbone(ctx), arch_(arch) {
-    const int64_t in_channels = ctx.integer("in_channels"), branches = ctx.integer("branches");
-    if (in_channels < 1 || branches < 1) throw cfamc::Error(CFAMC_ERROR_OPTION, "in_channels and branches must be positive");
-    branches_ = static_cast<int32_t>(branches);
-    in_channels_ = in_channels;
-    channels_last_ = ctx.flag("channels_last");
-    normalise_ = register_module("normalise", cfamc::PixelNormalisation(in_channels, ctx.reals("mean"), ctx.reals("std")));
-    const bool preact = BlockImpl::preactivated(arch.kind);
-    stem_ = register_module("conv1", conv(in_channels, arch.stem, 3, 1));
-    if (!preact) stem_norm_ = register_module("bn1", BranchedBatchNorm(arch.stem, branches));
-    int64_t in = arch.stem;
-    for (size_t stage = 0; stage < arch.blocks.size(); ++stage) {
-      const int64_t planes = arch.planes[stage];
-      // A ModuleList per stage gives torchvision's parameter names: layer1.0.conv1.weight, ...
-      auto layer = register_module("layer" + std::to_string(stage + 1), nn::ModuleList());
-      for (int64_t i = 0; i < arch.blocks[stage]; ++i) {
-        const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-        blocks_.push_back(Block(arch.kind, in, planes, stride, branches));
-        layer->push_back(blocks_.back());
-        in = planes * BlockImpl::expansion(arch.kind);
-      }
-    }
-    if (preact) final_norm_ = register_module("bn_final", BranchedBatchNorm(in, branches));
-    feature_dim_ = in;
-    initialise(ctx.generator());
-    to(ctx.device());
-    if (channels_last_) {
-      torch::NoGradGuard no_grad;
-      for (auto& p : parameters())
-        if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  static constexpr int64_t expansion = 4;
+  static constexpr bool preactivated = false;
+
+  Bottleneck(int64_t in, int64_t planes, int64_t stride, int64_t branches)
+      : conv1_(register_module("conv1", conv1x1(in, planes))),
+        bn1_(register_module("bn1", BranchedBatchNorm(planes, branches))),
+        conv2_(register_module("conv2", conv3x3(planes, planes, stride))),
+        bn2_(register_module("bn2", BranchedBatchNorm(planes, branches))),
+        conv3_(register_module("conv3", conv1x1(planes, planes * expansion))),
+        bn3_(register_module("bn3", BranchedBatchNorm(planes * expansion, branches))) {
+    if (needs_projection(in, planes * expansion, stride)) {
+      shortcut_ = register_module("shortcut", conv1x1(in, planes * expansion, stride));
+      shortcut_bn_ = register_module("shortcut_bn", BranchedBatchNorm(planes * expansion, branches));
     }
   }
 
+  at::Tensor forward(const at::Tensor& x, int32_t branch) {
+    at::Tensor out = torch::relu(bn1_->forward(conv1_->forward(x), branch));
+    out = torch::relu(bn2_->forward(conv2_->forward(out), branch));
+    out = bn3_->forward(conv3_->forward(out), branch);
+    const at::Tensor identity = shortcut_ ? shortcut_bn_->forward(shortcut_->forward(x), branch) : x;
+    return torch::relu(out + identity);
+  }
+
+ private:
+  nn::Conv2d conv1_;
+  BranchedBatchNorm bn1_;
+  nn::Conv2d conv2_;
+  BranchedBatchNorm bn2_;
+  nn::Conv2d conv3_;
+  BranchedBatchNorm bn3_;
+  nn::Conv2d shortcut_{nullptr};
+  BranchedBatchNorm shortcut_bn_{nullptr};
+};
+
+// He et al. 2016: BatchNorm and ReLU before each convolution and nothing after the sum, so the identity path
+// stays clean; a projecting shortcut takes the pre-activated input and has no BatchNorm of its own.
+class PreActBlock : public nn::Module {
+ public:
+  static constexpr int64_t expansion = 1;
+  static constexpr bool preactivated = true;
+
+  PreActBlock(int64_t in, int64_t planes, int64_t stride, int64_t branches)
+      : conv1_(register_module("conv1", conv3x3(in, planes, stride))),
+        bn1_(register_module("bn1", BranchedBatchNorm(in, branches))),
+        conv2_(register_module("conv2", conv3x3(planes, planes))),
+        bn2_(register_module("bn2", BranchedBatchNorm(planes, branches))) {
+    if (needs_projection(in, planes, stride)) shortcut_ = register_module("shortcut", conv1x1(in, planes, stride));
+  }
+
+  at::Tensor forward(const at::Tensor& x, int32_t branch) {
+    const at::Tensor pre = torch::relu(bn1_->forward(x, branch));
+    const at::Tensor identity = shortcut_ ? shortcut_->forward(pre) : x;
+    at::Tensor out = conv1_->forward(pre);
+    out = conv2_->forward(torch::relu(bn2_->forward(out, branch)));
+    return out + identity;
+  }
+
+ private:
+  nn::Conv2d conv1_;
+  BranchedBatchNorm bn1_;
+  nn::Conv2d conv2_;
+  BranchedBatchNorm bn2_;
+  nn::Conv2d shortcut_{nullptr};
+};
+
+class PreActBottleneck : public nn::Module {
+ public:
+  static constexpr int64_t expansion = 4;
+  static constexpr bool preactivated = true;
+
+  PreActBottleneck(int64_t in, int64_t planes, int64_t stride, int64_t branches)
+      : conv1_(register_module("conv1", conv1x1(in, planes))),
+        bn1_(register_module("bn1", BranchedBatchNorm(in, branches))),
+        conv2_(register_module("conv2", conv3x3(planes, planes, stride))),
+        bn2_(register_module("bn2", BranchedBatchNorm(planes, branches))),
+        conv3_(register_module("conv3", conv1x1(planes, planes * expansion))),
+        bn3_(register_module("bn3", BranchedBatchNorm(planes, branches))) {
+    if (needs_projection(in, planes * expansion, stride)) {
+      shortcut_ = register_module("shortcut", conv1x1(in, planes * expansion, stride));
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& x, int32_t branch) {
+    const at::Tensor pre = torch::relu(bn1_->forward(x, branch));
+    const at::Tensor identity = shortcut_ ? shortcut_->forward(pre) : x;
+    at::Tensor out = conv1_->forward(pre);
+    out = conv2_->forward(torch::relu(bn2_->forward(out, branch)));
+    out = conv3_->forward(torch::relu(bn3_->forward(out, branch)));
+    return out + identity;
+  }
+
+ private:
+  nn::Conv2d conv1_;
+  BranchedBatchNorm bn1_;
+  nn::Conv2d conv2_;
+  BranchedBatchNorm bn2_;
+  nn::Conv2d conv3_;
+  BranchedBatchNorm bn3_;
+  nn::Conv2d shortcut_{nullptr};
+};
+
+// torchvision's ResNet on `Block` with the CIFAR stem. Stage i has depths[i] blocks of widths[i] planes; the
+// first stage keeps the resolution, each later one halves it. A post-activation network normalises the stem
+// (bn1); a pre-activation one leaves the stem bare and instead normalises the last block's sum (bn_final),
+// which no block of its own does.
+template <class Block>
+class ResNet : public cfamc::Backbone {
+ public:
+  static std::vector<cfamc_option_decl> options() {
+    return {
+        cfamc::option("in_channels", CFAMC_OPTION_INT, "3", "channels of the input images"),
+        cfamc::option("branches", CFAMC_OPTION_INT, "1", "BatchNorm sets selectable per forward"),
+        cfamc::option("mean", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel mean subtracted inside forward; [] for none"),
+        cfamc::option("std", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel std divided inside forward; [] for none"),
+        cfamc::option("channels_last", CFAMC_OPTION_BOOL, "false", "run convolutions in channels-last memory format"),
+    };
+  }
+
+  ResNet(const cfamc::Context& ctx, const char* name, const std::vector<int64_t>& depths,
+         const std::vector<int64_t>& widths = {64, 128, 256, 512}, int64_t stem_width = 64)
+      : Backbone(ctx),
+        name_(name),
+        in_channels_(ctx.integer("in_channels")),
+        branches_(ctx.integer("branches")),
+        channels_last_(ctx.flag("channels_last")) {
+    if (in_channels_ < 1 || branches_ < 1) throw cfamc::Error(CFAMC_ERROR_OPTION, "in_channels and branches must be positive");
+    normalise_ = register_module("normalise", cfamc::PixelNormalisation(in_channels_, ctx.reals("mean"), ctx.reals("std")));
+    conv1_ = register_module("conv1", conv3x3(in_channels_, stem_width));
+    if (!Block::preactivated) bn1_ = register_module("bn1", BranchedBatchNorm(stem_width, branches_));
+    int64_t channels = stem_width;
+    for (size_t stage = 0; stage < depths.size(); ++stage) {
+      channels = make_layer(stage, channels, widths[stage], depths[stage]);
+    }
+    if (Block::preactivated) bn_final_ = register_module("bn_final", BranchedBatchNorm(channels, branches_));
+    feature_dim_ = channels;
+    initialise(ctx.generator());
+    to(ctx.device());
+    if (channels_last_) to_channels_last();
+  }
+
   at::Tensor forward(const at::Tensor& x, int32_t branch) override {
-    if (x.dim() != 4 || x.size(1) != in_channels_ || !x.is_floating_point()) {
-      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(info_name()) + ": expected float images [N, " +
-                                                           std::to_string(in_channels_) + ", H, W], got " +
-                                                           c10::str(x.sizes()));
-    }
-    if (branch < 0 || branch >= branches_) {
-      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "no BatchNorm branch " + std::to_string(branch));
-    }
+    check_input(x, branch);
     at::Tensor h = normalise_->forward(x);
     if (channels_last_) h = h.contiguous(torch::MemoryFormat::ChannelsLast);
-    h = stem_->forward(h);
-    if (stem_norm_) h = torch::relu(stem_norm_->forward(h, branch));
+    h = conv1_->forward(h);
+    if (bn1_) h = torch::relu(bn1_->forward(h, branch));
     for (auto& block : blocks_) h = block->forward(h, branch);
-    if (final_norm_) h = torch::relu(final_norm_->forward(h, branch));
+    if (bn_final_) h = torch::relu(bn_final_->forward(h, branch));
     return h.mean({2, 3});
   }
 
   int64_t feature_dim() const override { return feature_dim_; }
-  int32_t num_branches() const override { return branches_; }
-
- protected:
-  virtual const char* info_name() const = 0;
+  int32_t num_branches() const override { return static_cast<int32_t>(branches_); }
 
  private:
-  // kaiming_normal_(fan_out, relu) for convolutions; BatchNorm weight 1, bias 0 (their defaults).
+  // torchvision's _make_layer; a ModuleList per stage gives its names (layer1.0.conv1.weight, ...). Returns
+  // the stage's output channels.
+  int64_t make_layer(size_t stage, int64_t in, int64_t planes, int64_t depth) {
+    auto layer = register_module("layer" + std::to_string(stage + 1), nn::ModuleList());
+    for (int64_t i = 0; i < depth; ++i) {
+      const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
+      blocks_.push_back(std::make_shared<Block>(in, planes, stride, branches_));
+      layer->push_back(blocks_.back());
+      in = planes * Block::expansion;
+    }
+    return in;
+  }
+
+  // torchvision's: kaiming_normal_(fan_out, relu) for convolutions, drawn from the component's generator;
+  // BatchNorm keeps its default weight 1, bias 0.
   void initialise(at::Generator generator) {
     torch::NoGradGuard no_grad;
     for (auto& module : modules(/*include_self=*/false)) {
@@ -178,43 +260,77 @@ class ResNetBase : public cfamc::Backbone {
     }
   }
 
-  Architecture arch_;
-  int64_t in_channels_ = 3, feature_dim_ = 0;
-  int32_t branches_ = 1;
-  bool channels_last_ = false;
-  nn::Conv2d stem_{nullptr};
-  BranchedBatchNorm stem_norm_{nullptr}, final_norm_{nullptr};
-  std::vector<Block> blocks_;
+  void to_channels_last() {
+    torch::NoGradGuard no_grad;
+    for (auto& p : parameters())
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+
+  void check_input(const at::Tensor& x, int32_t branch) const {
+    if (x.dim() != 4 || x.size(1) != in_channels_ || !x.is_floating_point()) {
+      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(name_) + ": expected float images [N, " +
+                                                           std::to_string(in_channels_) + ", H, W], got " +
+                                                           c10::str(x.sizes()));
+    }
+    if (branch < 0 || branch >= branches_) {
+      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "no BatchNorm branch " + std::to_string(branch));
+    }
+  }
+
+  const char* name_;
+  int64_t in_channels_, branches_;
+  bool channels_last_;
+  int64_t feature_dim_ = 0;
   cfamc::PixelNormalisation normalise_{nullptr};
+  nn::Conv2d conv1_{nullptr};
+  BranchedBatchNorm bn1_{nullptr}, bn_final_{nullptr};
+  std::vector<std::shared_ptr<Block>> blocks_;
 };
 
-#define CFAMC_RESNET(CLASS, NAME, SUMMARY, ...)                                       \
-  class CLASS : public ResNetBase {                                                   \
-   public:                                                                            \
-    static constexpr const char* name = NAME;                                         \
-    static constexpr const char* summary = SUMMARY;                                   \
-    static std::vector<cfamc_option_decl> options() { return common_options(); }       \
-    explicit CLASS(const cfamc::Context& ctx) : ResNetBase(ctx, Architecture{__VA_ARGS__}) {} \
-                                                                                      \
-   protected:                                                                         \
-    const char* info_name() const override { return NAME; }                           \
-  };
+// The shipped networks, as torchvision's resnet18() etc.: a block type and the depth of each stage.
 
-using Kind = BlockImpl::Kind;
-const std::vector<int64_t> kResNetPlanes = {64, 128, 256, 512};
+class ResNet18 : public ResNet<BasicBlock> {
+ public:
+  static constexpr const char* name = "resnet18";
+  static constexpr const char* summary = "ResNet-18, CIFAR stem, basic blocks [2,2,2,2], 512-d";
+  explicit ResNet18(const cfamc::Context& ctx) : ResNet(ctx, name, {2, 2, 2, 2}) {}
+};
 
-CFAMC_RESNET(ResNet18, "resnet18", "ResNet-18, CIFAR stem, basic blocks [2,2,2,2], 512-d", Kind::basic, {2, 2, 2, 2},
-             kResNetPlanes, 64)
-CFAMC_RESNET(ResNet34, "resnet34", "ResNet-34, CIFAR stem, basic blocks [3,4,6,3], 512-d", Kind::basic, {3, 4, 6, 3},
-             kResNetPlanes, 64)
-CFAMC_RESNET(ResNet50, "resnet50", "ResNet-50, CIFAR stem, bottlenecks [3,4,6,3], 2048-d", Kind::bottleneck,
-             {3, 4, 6, 3}, kResNetPlanes, 64)
-CFAMC_RESNET(PreActResNet18, "preact_resnet18", "PreAct ResNet-18 (fast/free AT literature), 512-d", Kind::preact,
-             {2, 2, 2, 2}, kResNetPlanes, 64)
-CFAMC_RESNET(ResNet50v2, "resnet50v2", "ResNet-50 v2 for 32x32: pre-activation bottlenecks [3,4,6,3], 2048-d",
-             Kind::preact_bottleneck, {3, 4, 6, 3}, kResNetPlanes, 64)
-CFAMC_RESNET(WideResNet34x10, "wrn34_10", "WideResNet-34-10 (RobustBench): 3 stages of 5 pre-activation blocks, 640-d",
-             Kind::preact, {5, 5, 5}, {160, 320, 640}, 16)
+class ResNet34 : public ResNet<BasicBlock> {
+ public:
+  static constexpr const char* name = "resnet34";
+  static constexpr const char* summary = "ResNet-34, CIFAR stem, basic blocks [3,4,6,3], 512-d";
+  explicit ResNet34(const cfamc::Context& ctx) : ResNet(ctx, name, {3, 4, 6, 3}) {}
+};
+
+class ResNet50 : public ResNet<Bottleneck> {
+ public:
+  static constexpr const char* name = "resnet50";
+  static constexpr const char* summary = "ResNet-50, CIFAR stem, bottlenecks [3,4,6,3], 2048-d";
+  explicit ResNet50(const cfamc::Context& ctx) : ResNet(ctx, name, {3, 4, 6, 3}) {}
+};
+
+class PreActResNet18 : public ResNet<PreActBlock> {
+ public:
+  static constexpr const char* name = "preact_resnet18";
+  static constexpr const char* summary = "PreAct ResNet-18 (fast/free AT literature), 512-d";
+  explicit PreActResNet18(const cfamc::Context& ctx) : ResNet(ctx, name, {2, 2, 2, 2}) {}
+};
+
+class ResNet50v2 : public ResNet<PreActBottleneck> {
+ public:
+  static constexpr const char* name = "resnet50v2";
+  static constexpr const char* summary = "ResNet-50 v2 for 32x32: pre-activation bottlenecks [3,4,6,3], 2048-d";
+  explicit ResNet50v2(const cfamc::Context& ctx) : ResNet(ctx, name, {3, 4, 6, 3}) {}
+};
+
+// Depth 34 = 6n + 4 gives n = 5 blocks per stage; widen factor 10 on 16, 32, 64 planes.
+class WideResNet34x10 : public ResNet<PreActBlock> {
+ public:
+  static constexpr const char* name = "wrn34_10";
+  static constexpr const char* summary = "WideResNet-34-10 (RobustBench): 3 stages of 5 pre-activation blocks, 640-d";
+  explicit WideResNet34x10(const cfamc::Context& ctx) : ResNet(ctx, name, {5, 5, 5}, {160, 320, 640}, 16) {}
+};
 
 }  // namespace
 
