@@ -20,8 +20,7 @@
 #include "augment/views.hpp"
 #include "config/options.hpp"
 #include "plugins/components.hpp"
-#include "train/objective_oracle.hpp"
-#include "train/optimizer.hpp"
+#include "train/train_step.hpp"
 
 using namespace cfamc::host;
 
@@ -51,6 +50,99 @@ std::unique_ptr<K> make(const Registry& registry, cfamc_kind kind, const std::st
                                        device, feature_dim});
 }
 
+// The components of the benchmarked step, made as a run file would make them.
+struct Bench {
+  std::unique_ptr<Backbone> backbone;
+  std::unique_ptr<Objective> objective;
+  std::unique_ptr<Attack> attack;
+  std::unique_ptr<Optimizer> optimizer;
+};
+
+Bench assemble(const Settings& s) {
+  const Registry registry = Registry::discover(
+      s.plugins.empty() ? plugin_search_path({}) : std::vector<std::filesystem::path>{s.plugins}, host_api());
+  Bench b;
+  b.backbone = make<Backbone>(registry, CFAMC_KIND_BACKBONE, s.backbone, "", s.device, 0);
+  const std::string objective_options =
+      s.objective == "emp_ssl" ? "num_crops = " + std::to_string(s.crops) : "num_views = " + std::to_string(s.crops);
+  b.objective =
+      make<Objective>(registry, CFAMC_KIND_OBJECTIVE, s.objective, objective_options, s.device, b.backbone->feature_dim());
+  if (s.attack == "pgd") {
+    b.attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "pgd",
+                            "steps = " + std::to_string(s.attack_steps) + "\nstep_size = 0.01\nrandom_start = false",
+                            s.device, 0);
+  } else if (s.attack == "free") {
+    b.attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "free", "replays = " + std::to_string(s.replays), s.device, 0);
+  }
+  TensorMap parameters;
+  for (const Component* c : {static_cast<const Component*>(b.backbone.get()), static_cast<const Component*>(b.objective.get())})
+    for (const auto& item : c->tensors(CFAMC_ROLE_PARAMETER)) parameters.insert(item.key(), item.value());
+  b.optimizer = std::make_unique<Optimizer>(train_defaults().optimizer, parameters);  // EMP-SSL's: LARS around Nesterov SGD
+  return b;
+}
+
+ViewRecipe crop_recipe(const Settings& s, const Objective& objective) {
+  ViewRecipe recipe = view_recipe_defaults(objective.view_groups().front());  // EMP-SSL's crop recipe
+  recipe.count = s.crops;
+  recipe.size = s.size;
+  recipe.blur = 0.1;
+  recipe.solarize = 0.1;
+  return recipe;
+}
+
+// Seconds per phase over the timed steps. Each phase ends synchronised, so the split is exact and the total
+// slightly pessimistic.
+std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
+  // The run's training step itself, with the [attack] host keys at their defaults.
+  TrainStep step(*b.backbone, *b.objective, *b.optimizer, training_attack_defaults(), [](int64_t) { return 0.3; });
+  const ViewRecipe recipe = crop_recipe(s, *b.objective);
+  at::Generator generator = at::detail::createCPUGenerator(0);
+  const at::Tensor dataset = torch::randint(0, 256, {std::max<int64_t>(s.batch * 4, 1000), 3, 32, 32},
+                                            torch::TensorOptions().dtype(torch::kUInt8).device(s.device));
+  b.backbone->set_training(true);
+  b.objective->set_training(true);
+  std::map<std::string, double> time;
+  bool timed = false;
+  auto mark = std::chrono::steady_clock::now();
+  const auto phase_done = [&](const char* phase) {
+    synchronise(s.device);
+    if (timed) time[phase] += seconds_since(mark);
+    mark = std::chrono::steady_clock::now();
+  };
+  step.set_phase_observer([&](StepPhase phase) {
+    phase_done(phase == StepPhase::attack ? "attack" : phase == StepPhase::forward_backward ? "forward_backward" : "optimizer");
+  });
+  for (int64_t i = 0; i < s.warmup + s.steps; ++i) {
+    timed = i >= s.warmup;
+    synchronise(s.device);
+    mark = std::chrono::steady_clock::now();
+    const at::Tensor images = dataset.slice(0, (i * s.batch) % (dataset.size(0) - s.batch)).slice(0, 0, s.batch);
+    TensorMap views;
+    views.insert(recipe.name, make_views(recipe, images, generator));
+    const TensorMap inputs = b.objective->prepare(views, torch::arange(s.batch, torch::TensorOptions().device(s.device)));
+    phase_done("augmentation");
+    step.run(inputs, b.attack.get());
+  }
+  if (step.diverged()) throw std::runtime_error("the loss became NaN or infinite");
+  return time;
+}
+
+void report(const Settings& s, int32_t replays, std::map<std::string, double> time) {
+  const double total = time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
+  const std::string attack = s.attack == "pgd"    ? s.attack + "-" + std::to_string(s.attack_steps)
+                             : s.attack == "free" ? s.attack + " m=" + std::to_string(replays)
+                                                  : s.attack;
+  std::printf("device %s, %s + %s, attack %s, batch %lld x %lld crops of %lldx%lld, %lld timed steps\n",
+              s.device.c_str(), s.backbone.c_str(), s.objective.c_str(), attack.c_str(),
+              static_cast<long long>(s.batch), static_cast<long long>(s.crops), static_cast<long long>(s.size),
+              static_cast<long long>(s.size), static_cast<long long>(s.steps));
+  std::printf("step %.4f s  |  %.1f crops/s  %.1f images/s\n", total / s.steps,
+              static_cast<double>(s.steps * s.batch * s.crops) / total, static_cast<double>(s.steps * s.batch) / total);
+  for (const char* phase : {"augmentation", "attack", "forward_backward", "optimizer"}) {
+    std::printf("  %-17s %.4f s  %5.1f%%\n", phase, time[phase] / s.steps, 100.0 * time[phase] / total);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,105 +162,9 @@ int main(int argc, char** argv) {
   app.add_option("--attack-steps", s.attack_steps, "PGD steps");
   app.add_option("--replays", s.replays, "free training's replays per minibatch (m)");
   CLI11_PARSE(app, argc, argv);
-
   try {
-    const Registry registry = Registry::discover(
-        s.plugins.empty() ? plugin_search_path({}) : std::vector<std::filesystem::path>{s.plugins}, host_api());
-    auto backbone = make<Backbone>(registry, CFAMC_KIND_BACKBONE, s.backbone, "", s.device, 0);
-    const std::string objective_options =
-        s.objective == "emp_ssl" ? "num_crops = " + std::to_string(s.crops) : "num_views = " + std::to_string(s.crops);
-    auto objective =
-        make<Objective>(registry, CFAMC_KIND_OBJECTIVE, s.objective, objective_options, s.device, backbone->feature_dim());
-    NamedTensors parameters;
-    for (const Component* c : {static_cast<const Component*>(backbone.get()), static_cast<const Component*>(objective.get())})
-      for (const auto& t : c->named_tensors())
-        if (t.role == CFAMC_ROLE_PARAMETER) parameters.emplace_back(t.name, t.tensor);
-    std::unique_ptr<Attack> attack;
-    if (s.attack == "pgd") {
-      attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "pgd",
-                            "steps = " + std::to_string(s.attack_steps) + "\nstep_size = 0.01\nrandom_start = false",
-                            s.device, 0);
-    } else if (s.attack == "free") {
-      attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "free", "replays = " + std::to_string(s.replays), s.device, 0);
-    }
-    const int32_t replays = attack ? attack->replays() : 1;
-    const std::vector<std::string> attacked = objective->attacked_inputs();
-    OptimizerConfig lars;
-    lars.kind = "lars";
-    lars.nesterov = true;
-    lars.weight_decay = 1e-4;
-    Optimizer optimizer(lars, parameters);
-
-    ViewRecipe recipe;  // EMP-SSL's crop recipe
-    recipe.name = objective->view_groups().front();
-    recipe.count = s.crops;
-    recipe.size = s.size;
-    recipe.blur = 0.1;
-    recipe.solarize = 0.1;
-    at::Generator generator = at::detail::createCPUGenerator(0);
-    const at::Tensor dataset = torch::randint(0, 256, {std::max<int64_t>(s.batch * 4, 1000), 3, 32, 32},
-                                              torch::TensorOptions().dtype(torch::kUInt8).device(s.device));
-    backbone->set_training(true);
-    objective->set_training(true);
-
-    std::map<std::string, double> time;
-    for (int64_t step = 0; step < s.warmup + s.steps; ++step) {
-      const bool timed = step >= s.warmup;
-      synchronise(s.device);
-      auto start = std::chrono::steady_clock::now();
-      const at::Tensor images = dataset.slice(0, (step * s.batch) % (dataset.size(0) - s.batch)).slice(0, 0, s.batch);
-      TensorMap views;
-      views.insert(recipe.name, make_views(recipe, images, generator));
-      const TensorMap inputs = objective->prepare(views, torch::arange(s.batch, torch::TensorOptions().device(s.device)));
-      synchronise(s.device);
-      if (timed) time["augmentation"] += seconds_since(start);
-
-      for (int32_t replay = 0; replay < replays; ++replay) {
-        start = std::chrono::steady_clock::now();
-        optimizer.zero_grad();
-        TensorMap adversarial;
-        if (attack) {
-          TensorMap targets;
-          for (const auto& name : attacked) targets.insert(name, inputs[name]);
-          ObjectiveOracle oracle(*objective, *backbone, inputs);
-          const cfamc_oracle c_oracle = oracle.get();
-          adversarial = attack->perturb(c_oracle, targets);
-          if (attack->observes())
-            for (auto& item : adversarial) item.value() = item.value().detach().requires_grad_(true);
-        }
-        synchronise(s.device);
-        if (timed) time["attack"] += seconds_since(start);
-
-        start = std::chrono::steady_clock::now();
-        const LossResult result = objective->loss(*backbone, inputs, adversarial, CFAMC_PHASE_TRAIN);
-        result.loss.backward();
-        if (attack && attack->observes()) {
-          TensorMap gradients;
-          for (const auto& item : adversarial) gradients.insert(item.key(), item.value().grad());
-          attack->observe(gradients);
-        }
-        synchronise(s.device);
-        if (timed) time["forward_backward"] += seconds_since(start);
-
-        start = std::chrono::steady_clock::now();
-        optimizer.step(0.3);
-        synchronise(s.device);
-        if (timed) time["optimizer"] += seconds_since(start);
-      }
-    }
-    const double total = time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
-    std::printf("device %s, %s + %s, attack %s%s, batch %lld x %lld crops of %lldx%lld, %lld timed steps\n",
-                s.device.c_str(), s.backbone.c_str(), s.objective.c_str(), s.attack.c_str(),
-                s.attack == "pgd"    ? ("-" + std::to_string(s.attack_steps)).c_str()
-                : s.attack == "free" ? (" m=" + std::to_string(replays)).c_str()
-                                     : "",
-                static_cast<long long>(s.batch), static_cast<long long>(s.crops), static_cast<long long>(s.size),
-                static_cast<long long>(s.size), static_cast<long long>(s.steps));
-    std::printf("step %.4f s  |  %.1f crops/s  %.1f images/s\n", total / s.steps,
-                static_cast<double>(s.steps * s.batch * s.crops) / total, static_cast<double>(s.steps * s.batch) / total);
-    for (const char* phase : {"augmentation", "attack", "forward_backward", "optimizer"}) {
-      std::printf("  %-17s %.4f s  %5.1f%%\n", phase, time[phase] / s.steps, 100.0 * time[phase] / total);
-    }
+    Bench bench = assemble(s);
+    report(s, bench.attack ? bench.attack->replays() : 1, time_steps(s, bench));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

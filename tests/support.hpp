@@ -10,7 +10,7 @@
 #include <random>
 #include <string>
 
-#include "run/run_dir.hpp"
+#include "files.hpp"
 
 namespace cfamc::test {
 

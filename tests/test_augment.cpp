@@ -13,7 +13,7 @@ namespace {
 at::Generator generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
 
 ViewRecipe all_off(int64_t size) {
-  ViewRecipe r;
+  ViewRecipe r = view_recipe_defaults("test");
   r.name = "test";
   r.size = size;
   r.crop = false;
@@ -28,7 +28,7 @@ at::Tensor random_images(int64_t n, int64_t c, int64_t side) {
 }  // namespace
 
 TEST_CASE("views: shapes, range, view-major layout", "[augment]") {
-  ViewRecipe r;  // EMP-SSL's crop recipe with every transform on
+  ViewRecipe r = view_recipe_defaults("test");  // EMP-SSL's crop recipe with every transform on
   r.count = 3;
   r.size = 16;
   r.blur = 0.5;
@@ -157,7 +157,7 @@ TEST_CASE("blur spreads an impulse symmetrically and keeps its mass", "[augment]
 }
 
 TEST_CASE("the same generator state gives the same views", "[augment]") {
-  ViewRecipe r;
+  ViewRecipe r = view_recipe_defaults("test");
   r.count = 2;
   r.size = 12;
   r.blur = 0.5;

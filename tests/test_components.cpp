@@ -88,10 +88,10 @@ TEST_CASE("convnet: BatchNorm branches are separate sets, chosen per forward", "
   CHECK(backbone->num_branches() == 2);
   CHECK(count(backbone->parameters()) == 216 + 1152 + 4608 + 2 * 112);
   auto running_mean = [&](int branch) {
-    for (const auto& t : backbone->named_tensors())
-      if (t.role == CFAMC_ROLE_BUFFER && t.name == "bn0." + std::to_string(branch) + ".running_mean") return t.tensor.clone();
-    FAIL("no running mean for branch " << branch);
-    return at::Tensor();
+    const TensorMap buffers = backbone->tensors(CFAMC_ROLE_BUFFER);
+    const std::string name = "bn0." + std::to_string(branch) + ".running_mean";
+    REQUIRE(buffers.contains(name));
+    return buffers[name].clone();
   };
   const at::Tensor before0 = running_mean(0), before1 = running_mean(1);
   backbone->set_training(true);
@@ -104,9 +104,7 @@ TEST_CASE("convnet: BatchNorm branches are separate sets, chosen per forward", "
 TEST_CASE("convnet: normalisation inside and bad inputs are errors", "[backbone]") {
   CHECK_THROWS_WITH(convnet("mean = [0.5]\nstd = [0.5]"), Contains("one value per input channel"));
   auto normalised = convnet("width = 4\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]");
-  bool has_mean = false;
-  for (const auto& t : normalised->named_tensors()) has_mean |= (t.name == "normalise.mean" && t.role == CFAMC_ROLE_BUFFER);
-  CHECK(has_mean);
+  CHECK(normalised->tensors(CFAMC_ROLE_BUFFER).contains("normalise.mean"));
   try {
     normalised->forward(torch::rand({2, 1, 8, 8}));
     FAIL("a one-channel image went through a three-channel backbone");
@@ -242,16 +240,14 @@ TEST_CASE("free: the perturbation persists across replays and minibatches and fo
   }
   // Three steps of 0.04, clipped to 0.1.
   CHECK(torch::allclose(free->perturb(unused, inputs)["crops"], x + 0.1));
-  at::Tensor state;
-  for (const auto& t : free->named_tensors())
-    if (t.name == "delta" && t.role == CFAMC_ROLE_STATE) state = t.tensor;
-  REQUIRE(state.defined());
-  CHECK(torch::allclose(state, torch::full_like(x, 0.1)));
+  const TensorMap state = free->tensors(CFAMC_ROLE_STATE);
+  REQUIRE(state.contains("delta"));
+  CHECK(torch::allclose(state["delta"], torch::full_like(x, 0.1)));
   // A new minibatch near the top of [0,1]: the carried delta is re-projected onto the box.
   TensorMap next;
   next.insert("crops", torch::full({2, 1, 2, 2}, 0.95));
   CHECK(free->perturb(unused, next)["crops"].max().item<double>() <= 1.0);
-  CHECK(torch::allclose(state, torch::full_like(x, 0.05)));
+  CHECK(torch::allclose(free->tensors(CFAMC_ROLE_STATE)["delta"], torch::full_like(x, 0.05)));
 }
 
 TEST_CASE("APGD is at least as strong as PGD-20 on a small trained classifier", "[attack][apgd]") {
@@ -360,7 +356,7 @@ TEST_CASE("linear_probe and multicrop learn a separable problem; multicrop avera
     return DatasetSplit{torch::cat({images(n, 0), images(n, 1)}),
                         torch::cat({torch::zeros({n}, torch::kLong), torch::ones({n}, torch::kLong)})};
   };
-  ViewRecipe crops;
+  ViewRecipe crops = view_recipe_defaults("eval_crops");
   crops.name = "eval_crops";
   crops.count = 3;
   crops.size = 8;

@@ -18,7 +18,7 @@ TEST_CASE("one LARS step matches a hand computation", "[optim]") {
   at::Tensor b = torch::tensor({1.0}, f64).requires_grad_(true);                    // 1-D: excluded
   w.mutable_grad() = torch::tensor({0.6, 0.8}, f64).view({1, 2});                    // |g| = 1
   b.mutable_grad() = torch::tensor({0.5}, f64);
-  OptimizerConfig config;
+  OptimizerConfig config = train_defaults().optimizer;
   config.kind = "lars";
   config.momentum = 0.9;
   config.nesterov = true;
@@ -40,7 +40,7 @@ TEST_CASE("SGD with Nesterov momentum matches LibTorch's SGD over several steps"
   torch::manual_seed(0);
   at::Tensor mine = torch::randn({5, 3}).requires_grad_(true);
   at::Tensor theirs = mine.detach().clone().requires_grad_(true);
-  OptimizerConfig config;
+  OptimizerConfig config = train_defaults().optimizer;
   config.kind = "sgd";
   config.momentum = 0.9;
   config.nesterov = true;
@@ -63,7 +63,7 @@ TEST_CASE("AdamW matches LibTorch's AdamW over several steps", "[optim]") {
   torch::manual_seed(1);
   at::Tensor mine = torch::randn({4, 3}).requires_grad_(true);
   at::Tensor theirs = mine.detach().clone().requires_grad_(true);
-  OptimizerConfig config;
+  OptimizerConfig config = train_defaults().optimizer;
   config.kind = "adamw";
   config.weight_decay = 0.05;
   Optimizer optimizer(config, {{"w", mine}});
@@ -81,7 +81,7 @@ TEST_CASE("AdamW matches LibTorch's AdamW over several steps", "[optim]") {
 }
 
 TEST_CASE("schedules: warm-up, cosine to min_lr, multistep", "[optim]") {
-  ScheduleConfig cosine;
+  ScheduleConfig cosine = train_defaults().schedule;
   CHECK(learning_rate(cosine, 1.0, 0, 100) == Approx(1.0));
   CHECK(learning_rate(cosine, 1.0, 50, 100) == Approx(0.5));
   CHECK(learning_rate(cosine, 1.0, 100, 100) == Approx(0.0).margin(1e-12));
@@ -90,7 +90,7 @@ TEST_CASE("schedules: warm-up, cosine to min_lr, multistep", "[optim]") {
   CHECK(learning_rate(cosine, 1.0, 0, 110) == Approx(0.1));
   CHECK(learning_rate(cosine, 1.0, 9, 110) == Approx(1.0));
   CHECK(learning_rate(cosine, 1.0, 60, 110) == Approx(0.55));
-  ScheduleConfig multistep;
+  ScheduleConfig multistep = train_defaults().schedule;
   multistep.kind = "multistep";
   multistep.milestones = {15, 20};
   CHECK(learning_rate(multistep, 0.01, 14, 25) == Approx(0.01));

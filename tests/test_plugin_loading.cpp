@@ -99,6 +99,7 @@ TEST_CASE("discovery finds shipped plugins and names both files of a duplicate",
   const Registry registry = Registry::discover({CFAMC_PLUGIN_BUILD_DIR}, loader_api());
   CHECK(registry.find(CFAMC_KIND_BACKBONE, "convnet").name == "convnet");
   CHECK(registry.find(CFAMC_KIND_ATTACK, "pgd").library->name() == "pgd");
+  CHECK(registry.skipped().empty());
   try {
     registry.find(CFAMC_KIND_ATTACK, "pdg");
     FAIL("found a plugin that does not exist");
@@ -106,13 +107,82 @@ TEST_CASE("discovery finds shipped plugins and names both files of a duplicate",
     CHECK(e.code() == ExitCode::plugin);
     CHECK_THAT(std::string(e.what()), Contains("no attack plugin named 'pdg'; did you mean 'pgd'?"));
   }
+  // The second file is skipped, not fatal; asking for the component it duplicates names both files.
+  const Registry duplicate = Registry::discover({cfamc::test::test_plugin("duplicate")}, loader_api());
+  REQUIRE(duplicate.libraries().size() == 1);
+  REQUIRE(duplicate.skipped().size() == 1);
+  CHECK(duplicate.skipped()[0].duplicate_of == duplicate.libraries()[0]->file());
   try {
-    Registry::discover({cfamc::test::test_plugin("duplicate")}, loader_api());
+    duplicate.find(CFAMC_KIND_ATTACK, "c_shift");
     FAIL("a duplicate was accepted");
   } catch (const Failure& e) {
+    CHECK(e.code() == ExitCode::plugin);
     CHECK_THAT(std::string(e.what()), Contains("two attack plugins named 'c_shift'"));
     CHECK_THAT(std::string(e.what()), Contains("libduplicate_a.so"));
     CHECK_THAT(std::string(e.what()), Contains("libduplicate_b.so"));
+  }
+}
+
+TEST_CASE("junk on the plugin path is skipped; only a run that needs it fails, with its problem", "[discovery]") {
+  cfamc::test::TempDir dir;
+  const auto text_file = dir.write("libjunk.so", "not an ELF file");
+  std::vector<std::filesystem::path> path = {text_file};
+  for (const char* folder : {"entry_v2", "no_entry", "described_major", "foreign_fingerprint", "missing_function"})
+    path.push_back(cfamc::test::test_plugin(folder));
+  path.push_back(cfamc::test::test_plugin("c_shift"));
+  const Registry registry = Registry::discover(path, loader_api());
+
+  REQUIRE(registry.libraries().size() == 1);
+  CHECK(registry.find(CFAMC_KIND_ATTACK, "c_shift").name == "c_shift");
+  REQUIRE(registry.skipped().size() == 6);
+  for (const auto& s : registry.skipped()) {
+    INFO(s.file);
+    CHECK_THAT(s.problem, Contains(s.file.string()));
+  }
+  // The foreign build's description is readable: its components and fingerprint are known.
+  const SkippedPlugin& foreign = registry.skipped()[4];
+  CHECK_THAT(foreign.problem, Contains("LibTorch version differs"));
+  CHECK(foreign.plugin == "broken");
+  REQUIRE(foreign.fingerprint);
+  CHECK(foreign.fingerprint->torch_version == "1.13.1");
+  REQUIRE(foreign.components.size() == 1);
+  CHECK(foreign.components[0].name == "broken");
+
+  const auto failure = [&](const std::string& name) -> std::string {
+    try {
+      registry.find(CFAMC_KIND_ATTACK, name);
+    } catch (const Failure& e) {
+      CHECK(e.code() == ExitCode::plugin);
+      return e.what();
+    }
+    FAIL("found " << name);
+    return "";
+  };
+  // `broken` is offered only by refused files: the first one's problem is the answer.
+  const std::string broken = failure("broken");
+  CHECK_THAT(broken, Contains("attack 'broken' cannot be used"));
+  CHECK_THAT(broken, Contains("LibTorch version differs"));
+  // An unknown name lists what was skipped and why, including the files whose names are unknown.
+  const std::string unknown = failure("deepfool");
+  CHECK_THAT(unknown, Contains("no attack plugin named 'deepfool'"));
+  CHECK_THAT(unknown, Contains("skipped:"));
+  CHECK_THAT(unknown, Contains("built for plugin ABI v2"));
+  CHECK_THAT(unknown, Contains("no cfamc_plugin_entry_v1 symbol"));
+  CHECK_THAT(unknown, Contains("libjunk.so: cannot load"));
+  CHECK(unknown.find('\n') == std::string::npos);
+}
+
+TEST_CASE("a component offered by a usable file and by a refused one is ambiguous", "[discovery]") {
+  // `healthy` is broken.c without a defect: a usable attack named `broken`.
+  const Registry registry = Registry::discover(
+      {cfamc::test::test_plugin("healthy"), cfamc::test::test_plugin("foreign_fingerprint")}, loader_api());
+  try {
+    registry.find(CFAMC_KIND_ATTACK, "broken");
+    FAIL("an ambiguous component was found");
+  } catch (const Failure& e) {
+    CHECK(e.code() == ExitCode::plugin);
+    CHECK_THAT(std::string(e.what()), Contains("libbroken_healthy.so and by a file that cannot be used"));
+    CHECK_THAT(std::string(e.what()), Contains("libbroken_foreign_fingerprint.so"));
   }
 }
 

@@ -2,7 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "config/options.hpp"
-#include "config/run_config.hpp"
+#include "run/run_config.hpp"
 #include "config/run_file.hpp"
 #include "failure.hpp"
 #include "support.hpp"
@@ -68,6 +68,14 @@ TEST_CASE("options: an unknown key suggests the nearest declared one", "[run_fil
   CHECK_THAT(message, Contains("did you mean 'steps'?"));
 }
 
+TEST_CASE("options: every unknown key of a table is reported at once", "[run_file]") {
+  const toml::table given = parse("target = \"x\"\nstpes = 3\nepsilom = 0.1\nnorn = \"l2\"\n");
+  const std::string message = failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); });
+  CHECK_THAT(message, Contains("3 unknown keys"));
+  for (const char* key : {"'attack.stpes'", "'attack.epsilom'", "'attack.norn'"}) CHECK_THAT(message, Contains(key));
+  CHECK(message.find('\n') == std::string::npos);  // still one line
+}
+
 TEST_CASE("options: a wrong type names key, file, line and column", "[run_file]") {
   const toml::table given = parse("target = \"x\"\nsteps = \"ten\"\n");
   const std::string message = failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); });
@@ -111,6 +119,30 @@ TEST_CASE("set: rejects malformed assignments", "[run_file]") {
   CHECK_THAT(failure_of([&] { apply_override(t, "attack.steps"); }), Contains("expected KEY=VALUE"));
   CHECK_THAT(failure_of([&] { apply_override(t, "evaluate.3.k=1"); }), Contains("not an index"));
   CHECK_THAT(failure_of([&] { apply_override(t, "attack.steps.x=1"); }), Contains("'steps' is a value, not a table"));
+}
+
+TEST_CASE("unset: removes keys, tables and array entries; a key the file lacks is an error", "[run_file]") {
+  toml::table t = parse("[attack]\nplugin = \"free\"\nreplays = 3\n[[evaluate]]\nplugin = \"knn\"\n"
+                        "[[evaluate]]\nplugin = \"linear_probe\"\n");
+  apply_removal(t, "attack.replays");
+  CHECK_FALSE(t["attack"]["replays"]);
+  CHECK(t["attack"]["plugin"].value<std::string>() == "free");
+  apply_removal(t, "evaluate.0");
+  CHECK(t["evaluate"].as_array()->size() == 1);
+  CHECK(t["evaluate"][0]["plugin"].value<std::string>() == "linear_probe");
+  apply_removal(t, "attack");
+  CHECK_FALSE(t["attack"]);
+  CHECK_THAT(failure_of([&] { apply_removal(t, "attack.steps"); }), Contains("--unset attack.steps: the run file has no such key"));
+  CHECK_THAT(failure_of([&] { apply_removal(t, "evaluate.4"); }), Contains("no such key"));
+  CHECK_THAT(failure_of([&] { apply_removal(t, ""); }), Contains("expected a key"));
+}
+
+TEST_CASE("unset applies before set, so a table can be replaced", "[run_file]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("run.toml", "[attack]\nplugin = \"free\"\nreplays = 3\n");
+  const RunFile run = load_run_file(file, {"attack.plugin=pgd"}, {"attack"});
+  CHECK(run.table["attack"]["plugin"].value<std::string>() == "pgd");
+  CHECK_FALSE(run.table["attack"]["replays"]);
 }
 
 TEST_CASE("values set from the command line are located as --set", "[run_file]") {

@@ -122,10 +122,11 @@ TEST_CASE("an interrupted and resumed run ends with the same weights as an unint
   const auto b = cfamc::host::load_checkpoint(split + "/checkpoints/step-000000016.pt");
   REQUIRE(a.size() == b.size());
   int64_t compared = 0;
-  for (const auto& [name, tensor] : a) {
+  for (const auto& item : a) {
+    const std::string& name = item.key();
     INFO(name);
-    REQUIRE(b.count(name) == 1);
-    CHECK(torch::equal(tensor, b.at(name)));
+    REQUIRE(b.contains(name));
+    CHECK(torch::equal(item.value(), b[name]));
     ++compared;
   }
   CHECK(compared > 20);
@@ -210,7 +211,7 @@ TEST_CASE("the weight-gradient accumulation quirk changes training; BatchNorm ca
     const auto out = run_host("--config " + file.string() + " --set run.dir=" + run_dir + " --set train.epochs=1" + extra);
     INFO(out.output);
     REQUIRE(out.exit_code == 0);
-    return cfamc::host::load_checkpoint(run_dir + "/checkpoints/step-000000008.pt").at("backbone/conv0.weight");
+    return cfamc::host::load_checkpoint(run_dir + "/checkpoints/step-000000008.pt")["backbone/conv0.weight"];
   };
   const at::Tensor plain = final_weights("plain", "");
   CHECK(torch::equal(plain, final_weights("plain_again", "")));
@@ -260,4 +261,43 @@ TEST_CASE("a view group the objective needs but the run file lacks is named", "[
   const auto out = run_host("--config " + file.string() + " --validate --set objective.group=patches");
   CHECK(out.exit_code == 2);
   CHECK_THAT(out.output, Contains("consumes view group 'patches'; add a [views.patches] table"));
+}
+
+TEST_CASE("the untrained control draws its own random stream: the trained results are the same with it on and off",
+          "[run][control]") {
+  cfamc::test::TempDir dir;
+  // A random-start attack and a probe trained on shuffled minibatches: both draw random numbers.
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + R"(
+[attacks.rs]
+plugin = "fgsm_rs"
+epsilon = "8/255"
+
+[[evaluate]]
+plugin = "linear_probe"
+epochs = 2
+attacks = ["rs"]
+robust_max_images = 40
+
+[[evaluate]]
+plugin = "knn"
+k = 5
+)");
+  const auto evaluation = [&](bool control) {
+    const std::string on = control ? "true" : "false";
+    const auto run_dir = dir.path() / ("control_" + on);
+    const auto out = run_host("--config " + file.string() + " --set run.dir=" + run_dir.string() +
+                              " --set train.epochs=1 --set evaluate.0.control=" + on + " --set evaluate.1.control=" + on);
+    INFO(out.output);
+    REQUIRE(out.exit_code == 0);
+    return read_json(run_dir / "summary.json")["eval"];
+  };
+  const json without = evaluation(false), with = evaluation(true);
+  CHECK(with.contains("linear_probe_untrained"));
+  CHECK_FALSE(without.contains("linear_probe_untrained"));
+  for (const char* id : {"linear_probe", "knn"}) {
+    INFO(id);
+    CHECK(with[id]["accuracy"] == without[id]["accuracy"]);
+  }
+  CHECK(with["linear_probe"]["robust_accuracy"] == without["linear_probe"]["robust_accuracy"]);
+  CHECK(with["linear_probe"]["robust_subset"] == without["linear_probe"]["robust_subset"]);
 }

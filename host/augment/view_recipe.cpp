@@ -43,25 +43,25 @@ Schema view_recipe_schema() {
 
 ViewRecipe view_recipe_from(const std::string& name, const toml::table& t) {
   const std::string where = "views." + name;
-  ViewRecipe r;
+  ViewRecipe r{};
   r.name = name;
-  r.count = t["count"].value_or(int64_t{1});
-  r.size = t["size"].value_or(int64_t{32});
-  r.crop = t["crop"].value_or(true);
+  r.count = resolved_value<int64_t>(t, "count");
+  r.size = resolved_value<int64_t>(t, "size");
+  r.crop = resolved_value<bool>(t, "crop");
   r.scale = pair_of(t, "scale", where);
   r.ratio = pair_of(t, "ratio", where);
-  r.flip = t["flip"].value_or(0.0);
-  r.brightness = t["brightness"].value_or(0.0);
-  r.contrast = t["contrast"].value_or(0.0);
-  r.saturation = t["saturation"].value_or(0.0);
-  r.hue = t["hue"].value_or(0.0);
-  r.jitter = t["jitter"].value_or(0.0);
-  r.grayscale = t["grayscale"].value_or(0.0);
-  r.blur = t["blur"].value_or(0.0);
+  r.flip = resolved_value<double>(t, "flip");
+  r.brightness = resolved_value<double>(t, "brightness");
+  r.contrast = resolved_value<double>(t, "contrast");
+  r.saturation = resolved_value<double>(t, "saturation");
+  r.hue = resolved_value<double>(t, "hue");
+  r.jitter = resolved_value<double>(t, "jitter");
+  r.grayscale = resolved_value<double>(t, "grayscale");
+  r.blur = resolved_value<double>(t, "blur");
   r.blur_sigma = pair_of(t, "blur_sigma", where);
-  r.blur_kernel = t["blur_kernel"].value_or(int64_t{0});
-  r.solarize = t["solarize"].value_or(0.0);
-  r.solarize_threshold = t["solarize_threshold"].value_or(0.5);
+  r.blur_kernel = resolved_value<int64_t>(t, "blur_kernel");
+  r.solarize = resolved_value<double>(t, "solarize");
+  r.solarize_threshold = resolved_value<double>(t, "solarize_threshold");
 
   if (r.count < 1 || r.size < 1) fail(ExitCode::usage, where + ": count and size must be positive");
   if (r.scale[0] <= 0 || r.scale[1] > 1) fail(ExitCode::usage, where + ".scale: fractions in (0, 1]");
@@ -78,6 +78,10 @@ ViewRecipe view_recipe_from(const std::string& name, const toml::table& t) {
     fail(ExitCode::usage, where + ".blur_kernel: an odd size, or 0 for automatic");
   }
   return r;
+}
+
+ViewRecipe view_recipe_defaults(const std::string& name) {
+  return view_recipe_from(name, resolve_options({}, view_recipe_schema(), "views." + name, "(defaults)"));
 }
 
 }  // namespace cfamc::host

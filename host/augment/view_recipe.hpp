@@ -12,22 +12,23 @@
 
 namespace cfamc::host {
 
+// Defaults live in view_recipe_schema() only (view_recipe_defaults() for code that builds a recipe).
 struct ViewRecipe {
   std::string name;
-  int64_t count = 1;  // views per image
-  int64_t size = 32;  // output side length
-  bool crop = true;   // RandomResizedCrop; false: the whole image, resized to `size`
-  std::array<double, 2> scale{0.08, 1.0};
-  std::array<double, 2> ratio{3.0 / 4.0, 4.0 / 3.0};
-  double flip = 0.5;
-  double brightness = 0.4, contrast = 0.4, saturation = 0.4, hue = 0.1;
-  double jitter = 0.8;  // probability that colour jitter applies
-  double grayscale = 0.2;
-  double blur = 0.0;
-  std::array<double, 2> blur_sigma{0.1, 2.0};
-  int64_t blur_kernel = 0;  // 0: 2*ceil(3*sigma_max)+1, capped below the image size
-  double solarize = 0.0;
-  double solarize_threshold = 0.5;
+  int64_t count;  // views per image
+  int64_t size;   // output side length
+  bool crop;      // RandomResizedCrop; false: the whole image, resized to `size`
+  std::array<double, 2> scale;
+  std::array<double, 2> ratio;
+  double flip;
+  double brightness, contrast, saturation, hue;
+  double jitter;  // probability that colour jitter applies
+  double grayscale;
+  double blur;
+  std::array<double, 2> blur_sigma;
+  int64_t blur_kernel;  // 0: 2*ceil(3*sigma_max)+1, capped below the image size
+  double solarize;
+  double solarize_threshold;
 };
 
 Schema view_recipe_schema();
@@ -35,5 +36,8 @@ Schema view_recipe_schema();
 // A recipe from its validated table (resolve_options with view_recipe_schema()). Failure(usage) for values
 // out of range, naming `views.<name>.<key>`.
 ViewRecipe view_recipe_from(const std::string& name, const toml::table& resolved);
+
+// The recipe with every key at its declared default.
+ViewRecipe view_recipe_defaults(const std::string& name);
 
 }  // namespace cfamc::host

@@ -10,14 +10,14 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/reference.hpp"
-#include "config/run_config.hpp"
+#include "run/run_config.hpp"
 #include "failure.hpp"
 #include "log.hpp"
 #include "plugins/components.hpp"
 #include "plugins/registry.hpp"
 #include "run/assembly.hpp"
 #include "run/run_dir.hpp"
-#include "train/trainer.hpp"
+#include "run/trainer.hpp"
 
 namespace cfamc::host {
 namespace {
@@ -25,6 +25,7 @@ namespace {
 struct Options {
   std::string config;
   std::vector<std::string> overrides;
+  std::vector<std::string> removals;
   bool validate = false;
   bool resume = false;
   int64_t until_step = 0;
@@ -68,7 +69,7 @@ struct Resolved {
 };
 
 Resolved resolve(const Options& options) {
-  const RunFile run_file = load_run_file(options.config, options.overrides);
+  const RunFile run_file = load_run_file(options.config, options.overrides, options.removals);
   RunConfig config = resolve_host_sections(run_file);
   Registry registry = Registry::discover(plugin_search_path(config.plugin_paths), host_api());
   resolve_components(config, run_file, registry);
@@ -94,7 +95,7 @@ void log_attack_change(const std::filesystem::path& previous, const RunConfig& c
   } catch (const std::exception&) {
     return;  // no earlier run here
   }
-  if (const ComponentConfig* attack = config.find(CFAMC_KIND_ATTACK)) now = attack->plugin;
+  if (const ComponentConfig* attack = config.find(Role::training_attack)) now = attack->plugin;
   if (before != now) log(LogLevel::warn, "resuming with training attack '" + now + "' (the run so far used '" + before + "')");
 }
 
@@ -118,7 +119,7 @@ int dispatch(const Options& options) {
   }
   if (options.list_plugins || options.reference) {
     std::vector<std::string> paths;
-    if (!options.config.empty()) paths = resolve_host_sections(load_run_file(options.config, options.overrides)).plugin_paths;
+    if (!options.config.empty()) paths = resolve_host_sections(load_run_file(options.config, options.overrides, options.removals)).plugin_paths;
     const Registry registry = Registry::discover(plugin_search_path(paths), host_api());
     if (options.reference) std::cout << config_reference(registry);
     else if (options.json) std::cout << plugins_json(registry).dump(2) << "\n";
@@ -136,6 +137,8 @@ int run_cli(int argc, char** argv) {
   Options options;
   app.add_option("-c,--config", options.config, "the run file (TOML)");
   app.add_option("--set", options.overrides, "override a run-file key: --set attack.steps=10 (repeatable)");
+  app.add_option("--unset", options.removals,
+                 "remove a run-file key or table before the --set overrides apply: --unset attack.replays (repeatable)");
   app.add_flag("--validate", options.validate, "resolve the run file and every plugin's options, then stop");
   app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory");
   app.add_option("--until-step", options.until_step, "checkpoint and stop after this training step (resume later)")

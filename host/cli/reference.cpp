@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "augment/view_recipe.hpp"
-#include "config/run_config.hpp"
+#include "run/run_config.hpp"
 #include "data/data_config.hpp"
 #include "train/train_config.hpp"
 #include "plugins/registry.hpp"
@@ -43,10 +43,26 @@ std::vector<Entry> sorted_components(const Registry& registry) {
   return entries;
 }
 
+nlohmann::json fingerprint_json(const Fingerprint& fp) {
+  return {{"torch", fp.torch_version.empty() ? nlohmann::json() : nlohmann::json(fp.torch_version)},
+          {"cuda", fp.cuda_version},
+          {"cxx11_abi", fp.cxx11_abi}};
+}
+
+nlohmann::json skipped_json(const SkippedPlugin& s) {
+  nlohmann::json components = nlohmann::json::array();
+  for (const auto& c : s.components) components.push_back({{"kind", kind_name(c.kind)}, {"name", c.name}});
+  return {{"file", s.file.string()},
+          {"problem", s.problem},
+          {"plugin", s.plugin.empty() ? nlohmann::json() : nlohmann::json(s.plugin)},
+          {"fingerprint", s.fingerprint ? fingerprint_json(*s.fingerprint) : nlohmann::json()},
+          {"components", components}};
+}
+
 }  // namespace
 
 nlohmann::json plugins_json(const Registry& registry) {
-  nlohmann::json out = nlohmann::json::array();
+  nlohmann::json components = nlohmann::json::array();
   for (const auto& [library, component] : sorted_components(registry)) {
     nlohmann::json options = nlohmann::json::array();
     for (const auto& spec : component->options) {
@@ -55,16 +71,19 @@ nlohmann::json plugins_json(const Registry& registry) {
                          {"default", spec.default_literal ? nlohmann::json(*spec.default_literal) : nlohmann::json()},
                          {"doc", spec.doc}});
     }
-    out.push_back({{"kind", kind_name(component->kind)},
-                   {"name", component->name},
-                   {"summary", component->summary},
-                   {"plugin", library->name()},
-                   {"version", library->version()},
-                   {"abi", std::to_string(library->abi_major()) + "." + std::to_string(library->abi_minor())},
-                   {"file", library->file().string()},
-                   {"options", options}});
+    components.push_back({{"kind", kind_name(component->kind)},
+                          {"name", component->name},
+                          {"summary", component->summary},
+                          {"plugin", library->name()},
+                          {"version", library->version()},
+                          {"abi", std::to_string(library->abi_major()) + "." + std::to_string(library->abi_minor())},
+                          {"fingerprint", fingerprint_json(library->fingerprint())},
+                          {"file", library->file().string()},
+                          {"options", options}});
   }
-  return out;
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& s : registry.skipped()) skipped.push_back(skipped_json(s));
+  return {{"components", components}, {"skipped", skipped}};
 }
 
 std::string plugins_table(const Registry& registry) {
@@ -72,9 +91,12 @@ std::string plugins_table(const Registry& registry) {
   for (const auto& [library, component] : sorted_components(registry)) {
     out << kind_name(component->kind) << "  " << component->name << "  (" << library->name() << " "
         << library->version() << ", ABI " << library->abi_major() << "." << library->abi_minor() << ")  "
-        << component->summary << "\n    " << library->file().string() << "\n";
+        << component->summary << "\n    " << library->file().string() << "  [" << library->fingerprint().describe()
+        << "]\n";
   }
   if (registry.libraries().empty()) out << "no plugins found\n";
+  if (!registry.skipped().empty()) out << "\nskipped, not usable:\n";
+  for (const auto& s : registry.skipped()) out << "  " << s.problem << "\n";
   return out.str();
 }
 

@@ -63,9 +63,6 @@ std::optional<double> as_real(const toml::node& node) {
   return std::nullopt;
 }
 
-// Values from --set carry no source position.
-bool from_command_line(const toml::node& node) { return node.source().begin.line == 0; }
-
 // The value of `node` converted to `type`, or nullopt when it does not fit.
 std::optional<toml::table> coerce(const toml::node& node, cfamc_option_type type) {
   toml::table out;
@@ -135,6 +132,8 @@ const char* type_name(cfamc_option_type type) {
   return "unknown type";
 }
 
+bool from_command_line(const toml::node& node) { return node.source().begin.line == 0; }
+
 std::string location_of(const toml::node& node, const std::string& file) { return location_of(node.source(), file); }
 
 std::string location_of(const toml::source_region& source, const std::string& file) {
@@ -168,12 +167,28 @@ toml::table parse_literal(const std::string& literal) {
   }
 }
 
+namespace {
+
+// "file:3:1: unknown key 'attack.stpes'; did you mean 'steps'?" for one key.
+std::string unknown_key_message(const toml::key& key, const std::string& section, const std::string& file,
+                                const std::vector<std::string>& known) {
+  const std::string name(key.str());
+  std::string message = location_of(key.source(), file) + ": unknown key '" + section + "." + name + "'";
+  if (auto guess = nearest(name, known)) return message + "; did you mean '" + *guess + "'?";
+  std::string list;
+  for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+  return message + " (known: " + list + ")";
+}
+
+}  // namespace
+
 toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
                             const std::string& file, const std::vector<std::string>& reserved) {
   std::vector<std::string> known = reserved;
   for (const auto& spec : schema) known.push_back(spec.name);
 
   toml::table resolved;
+  std::vector<std::string> unknown;  // all of them in one message, so one edit fixes the table
   for (const auto& [key, node] : given) {
     const std::string name(key.str());
     if (std::find(reserved.begin(), reserved.end(), name) != reserved.end()) {
@@ -182,14 +197,8 @@ toml::table resolve_options(const toml::table& given, const Schema& schema, cons
     }
     auto spec = std::find_if(schema.begin(), schema.end(), [&](const OptionSpec& s) { return s.name == name; });
     if (spec == schema.end()) {
-      std::string message = location_of(key.source(), file) + ": unknown key '" + section + "." + name + "'";
-      if (auto guess = nearest(name, known)) message += "; did you mean '" + *guess + "'?";
-      else message += " (known: " + [&] {
-        std::string list;
-        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-        return list;
-      }() + ")";
-      fail(ExitCode::usage, message);
+      unknown.push_back(unknown_key_message(key, section, file, known));
+      continue;
     }
     auto value = coerce(node, spec->type);
     if (!value) {
@@ -198,6 +207,11 @@ toml::table resolve_options(const toml::table& given, const Schema& schema, cons
                                 ", got " + node_type_name(node));
     }
     resolved.insert(name, *value->get("v"));
+  }
+  if (!unknown.empty()) {
+    std::string message = unknown.size() > 1 ? std::to_string(unknown.size()) + " unknown keys: " : "";
+    for (size_t i = 0; i < unknown.size(); ++i) message += (i ? "; and " : "") + unknown[i];
+    fail(ExitCode::usage, message);
   }
   for (const auto& spec : schema) {
     if (resolved.contains(spec.name)) continue;

@@ -6,9 +6,12 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <toml++/toml.h>
+
+#include "failure.hpp"
 
 namespace cfamc::host {
 
@@ -26,6 +29,9 @@ const char* type_name(cfamc_option_type type);
 std::string location_of(const toml::node& node, const std::string& file);
 std::string location_of(const toml::source_region& source, const std::string& file);
 
+// Whether `node` came from --set rather than from the run file (it has no source position).
+bool from_command_line(const toml::node& node);
+
 // The closest of `candidates` to `key` by edit distance, if close enough to be a plausible typo.
 std::optional<std::string> nearest(const std::string& key, const std::vector<std::string>& candidates);
 
@@ -37,5 +43,13 @@ toml::table parse_literal(const std::string& literal);
 // ("8/255") turned into floats. Throws Failure(usage) naming the file, line, key and what was expected.
 toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
                             const std::string& file, const std::vector<std::string>& reserved = {});
+
+// The value of `key` in a table resolve_options returned, where every declared key is present: the
+// declaration is the one place a default lives, so readers take no fallback of their own.
+template <class T>
+T resolved_value(const toml::table& table, std::string_view key) {
+  if (auto value = table[key].value<T>()) return *value;
+  fail(ExitCode::other, "internal: '" + std::string(key) + "' is missing from a resolved table");
+}
 
 }  // namespace cfamc::host

@@ -68,7 +68,30 @@ void apply_override(toml::table& table, const std::string& assignment) {
   tbl->insert_or_assign(leaf, *value.get("v"));
 }
 
-RunFile load_run_file(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+void apply_removal(toml::table& table, const std::string& path) {
+  const std::vector<std::string> parts = split_path(path);
+  if (parts.empty()) fail(ExitCode::usage, "--unset: expected a key, e.g. --unset attack.replays");
+  toml::node* parent = &table;
+  for (size_t i = 0; i + 1 < parts.size() && parent != nullptr; ++i) {
+    if (auto* arr = parent->as_array()) {
+      parent = is_index(parts[i]) ? arr->get(std::stoul(parts[i])) : nullptr;
+    } else {
+      parent = parent->as_table() ? parent->as_table()->get(parts[i]) : nullptr;
+    }
+  }
+  const std::string& leaf = parts.back();
+  bool removed = false;
+  if (auto* arr = parent ? parent->as_array() : nullptr; arr && is_index(leaf) && std::stoul(leaf) < arr->size()) {
+    arr->erase(arr->begin() + static_cast<std::ptrdiff_t>(std::stoul(leaf)));
+    removed = true;
+  } else if (auto* tbl = parent ? parent->as_table() : nullptr) {
+    removed = tbl->erase(leaf) > 0;
+  }
+  if (!removed) fail(ExitCode::usage, "--unset " + path + ": the run file has no such key");
+}
+
+RunFile load_run_file(const std::filesystem::path& path, const std::vector<std::string>& overrides,
+                      const std::vector<std::string>& removals) {
   RunFile run;
   run.file = path.string();
   std::ifstream in(path, std::ios::binary);
@@ -82,6 +105,7 @@ RunFile load_run_file(const std::filesystem::path& path, const std::vector<std::
     fail(ExitCode::usage, run.file + ":" + std::to_string(begin.line) + ":" + std::to_string(begin.column) +
                               ": malformed TOML: " + std::string(e.description()));
   }
+  for (const auto& key : removals) apply_removal(run.table, key);
   for (const auto& assignment : overrides) apply_override(run.table, assignment);
   return run;
 }

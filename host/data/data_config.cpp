@@ -18,13 +18,13 @@ Schema data_schema() {
 }
 
 DataConfig data_config_from(const toml::table& t) {
-  DataConfig c;
-  c.dataset = t["dataset"].value_or(c.dataset);
-  c.root = t["root"].value_or(std::string());
-  c.train_split = t["train_split"].value_or(c.train_split);
-  c.channels = t["channels"].value_or(c.channels);
-  c.train_subset = t["train_subset"].value_or(int64_t{0});
-  c.test_subset = t["test_subset"].value_or(int64_t{0});
+  DataConfig c{};
+  c.dataset = resolved_value<std::string>(t, "dataset");
+  c.root = resolved_value<std::string>(t, "root");
+  c.train_split = resolved_value<std::string>(t, "train_split");
+  c.channels = resolved_value<std::string>(t, "channels");
+  c.train_subset = resolved_value<int64_t>(t, "train_subset");
+  c.test_subset = resolved_value<int64_t>(t, "test_subset");
   if (!is_known_dataset(c.dataset)) {
     fail(ExitCode::usage, "data.dataset: unknown dataset '" + c.dataset + "' (fashion_mnist, mnist, cifar10, cifar100, stl10)");
   }

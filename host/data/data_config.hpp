@@ -10,13 +10,14 @@
 
 namespace cfamc::host {
 
+// Defaults live in data_schema() only.
 struct DataConfig {
-  std::string dataset = "fashion_mnist";
-  std::string root;                // "" : the dataset's default folder
-  std::string train_split = "train";
-  std::string channels = "keep";   // keep, rgb (grayscale replicated to three channels)
-  int64_t train_subset = 0;        // first N images; 0: all
-  int64_t test_subset = 0;
+  std::string dataset;
+  std::string root;  // "" : the dataset's default folder
+  std::string train_split;
+  std::string channels;  // keep, rgb (grayscale replicated to three channels)
+  int64_t train_subset;  // first N images; 0: all
+  int64_t test_subset;
 };
 
 Schema data_schema();

@@ -10,6 +10,4 @@ std::string default_root(const std::string& dataset) {
   return dataset == "fashion_mnist" ? "/usr/share/datasets/fashion-mnist" : "";
 }
 
-int64_t num_classes(const std::string& dataset) { return dataset == "cifar100" ? 100 : 10; }
-
 }  // namespace cfamc::host

@@ -9,6 +9,5 @@ namespace cfamc::host {
 bool is_known_dataset(const std::string& dataset);
 // The dataset's default folder ("" when it has none), e.g. Debian's dataset-fashion-mnist package.
 std::string default_root(const std::string& dataset);
-int64_t num_classes(const std::string& dataset);
 
 }  // namespace cfamc::host

@@ -11,21 +11,6 @@ namespace {
 
 EvalServices& of(void* self) { return *static_cast<EvalServices*>(self); }
 
-// Runs `body`, turning a host Failure or a LibTorch error into a cfamc_error for the plugin.
-template <class Body>
-cfamc_error* guarded(Body&& body) noexcept {
-  try {
-    body();
-    return nullptr;
-  } catch (const Failure& e) {
-    return make_error(CFAMC_ERROR_RUNTIME, e.what());
-  } catch (const c10::Error& e) {
-    return make_error(CFAMC_ERROR_RUNTIME, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return make_error(CFAMC_ERROR_RUNTIME, e.what());
-  }
-}
-
 }  // namespace
 
 EvalServices::EvalServices(Backbone& backbone, Objective* objective,
@@ -40,6 +25,12 @@ EvalServices::EvalServices(Backbone& backbone, Objective* objective,
       view_maker_(std::move(view_maker)) {
   services_.struct_size = sizeof(cfamc_eval_services);
   services_.self = this;
+  offer_data_and_encoder();
+  offer_attacks();
+  offer_outputs();
+}
+
+void EvalServices::offer_data_and_encoder() {
   services_.dataset = [](void* self, const char* split, cfamc_tensor** images, cfamc_tensor** labels) {
     auto& s = of(self);
     auto it = s.splits_.find(split ? split : "");
@@ -70,9 +61,11 @@ EvalServices::EvalServices(Backbone& backbone, Objective* objective,
   services_.encoder_tensors = [](void* self, const cfamc_tensor_visitor* visitor) {
     auto& s = of(self);
     auto visit = [&](const Component& c) {
-      for (const auto& t : c.named_tensors()) {
-        cfamc_tensor handle{t.tensor};
-        visitor->visit(visitor->self, t.role, t.name.c_str(), &handle);
+      for (cfamc_tensor_role role : {CFAMC_ROLE_PARAMETER, CFAMC_ROLE_BUFFER, CFAMC_ROLE_STATE}) {
+        for (const auto& item : c.tensors(role)) {
+          cfamc_tensor handle{item.value()};
+          visitor->visit(visitor->self, role, item.key().c_str(), &handle);
+        }
       }
     };
     visit(s.backbone_);
@@ -86,6 +79,9 @@ EvalServices::EvalServices(Backbone& backbone, Objective* objective,
     }
     return guarded([&] { *out = make_handle(s.view_maker_(group ? group : "", images->tensor)); });
   };
+}
+
+void EvalServices::offer_attacks() {
   services_.num_attacks = [](void* self) { return of(self).attacks_.size(); };
   services_.attack_id = [](void* self, size_t index) -> const char* {
     auto& s = of(self);
@@ -105,6 +101,9 @@ EvalServices::EvalServices(Backbone& backbone, Objective* objective,
     return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string("no attack '") + (id ? id : "") +
                                                         "' is configured for this evaluator");
   };
+}
+
+void EvalServices::offer_outputs() {
   services_.report = [](void* self, const char* key, double value) {
     nlohmann::json* node = &of(self).metrics_;
     std::istringstream path(key ? key : "value");

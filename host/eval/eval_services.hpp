@@ -34,6 +34,10 @@ class EvalServices {
   const nlohmann::json& metrics() const { return metrics_; }
 
  private:
+  // The function table, by what each part gives the evaluator.
+  void offer_data_and_encoder();
+  void offer_attacks();
+  void offer_outputs();
   at::Tensor encode(cfamc_feature which, const at::Tensor& x) const;
 
   Backbone& backbone_;

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "run/run_dir.hpp"
+#include "files.hpp"
 
 namespace cfamc::host {
 

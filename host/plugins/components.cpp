@@ -7,7 +7,7 @@
 
 namespace cfamc::host {
 
-NamedTensorsArg::NamedTensorsArg(const TensorMap& map) {
+NamedTensorsView::NamedTensorsView(const TensorMap& map) {
   for (const auto& item : map) {
     names_.push_back(item.key().c_str());
     handles_.push_back(make_handle(item.value()));
@@ -15,7 +15,7 @@ NamedTensorsArg::NamedTensorsArg(const TensorMap& map) {
   view_ = {sizeof(cfamc_named_tensors), handles_.size(), names_.data(), handles_.data()};
 }
 
-NamedTensorsArg::~NamedTensorsArg() {
+NamedTensorsView::~NamedTensorsView() {
   for (cfamc_tensor* h : handles_) delete h;
 }
 
@@ -61,35 +61,33 @@ Component::~Component() {
   if (self_ != nullptr) table<cfamc_component_vtable>().destroy(self_);
 }
 
-std::vector<NamedTensor> Component::named_tensors() const {
-  std::vector<NamedTensor> out;
+TensorMap Component::tensors(cfamc_tensor_role role) const {
+  // The visitor runs inside the plugin's call: it must not throw, so a duplicate is noted and failed after.
+  struct Visit {
+    cfamc_tensor_role role;
+    TensorMap out;
+    std::string duplicate;
+  } visit{role, {}, {}};
   const auto& t = table<cfamc_component_vtable>();
-  if (!reaches(offsetof(cfamc_component_vtable, named_tensors)) || t.named_tensors == nullptr) return out;
-  cfamc_tensor_visitor visitor{sizeof(cfamc_tensor_visitor), &out,
+  if (!reaches(offsetof(cfamc_component_vtable, named_tensors)) || t.named_tensors == nullptr) return visit.out;
+  cfamc_tensor_visitor visitor{sizeof(cfamc_tensor_visitor), &visit,
                                [](void* self, cfamc_tensor_role role, const char* name, const cfamc_tensor* tensor) {
-                                 static_cast<std::vector<NamedTensor>*>(self)->push_back(
-                                     NamedTensor{role, name ? name : "", tensor->tensor});
+                                 auto* v = static_cast<Visit*>(self);
+                                 const std::string key = name ? name : "";
+                                 if (role != v->role) return;
+                                 if (v->out.contains(key)) v->duplicate = key;
+                                 else v->out.insert(key, tensor->tensor);
                                }};
   t.named_tensors(self_, &visitor);
-  return out;
+  if (!visit.duplicate.empty()) fail(ExitCode::plugin, who_ + ": two tensors named '" + visit.duplicate + "'");
+  return visit.out;
 }
 
-std::vector<at::Tensor> Component::parameters() const {
-  std::vector<at::Tensor> out;
-  for (auto& named : named_tensors())
-    if (named.role == CFAMC_ROLE_PARAMETER) out.push_back(named.tensor);
-  return out;
-}
+std::vector<at::Tensor> Component::parameters() const { return tensors(CFAMC_ROLE_PARAMETER).values(); }
 
 void Component::set_training(bool training) {
   const auto& t = table<cfamc_component_vtable>();
   if (reaches(offsetof(cfamc_component_vtable, set_training)) && t.set_training) t.set_training(self_, training);
-}
-
-void Component::to_device(const std::string& device) {
-  const auto& t = table<cfamc_component_vtable>();
-  context_->device = device;
-  if (reaches(offsetof(cfamc_component_vtable, to_device)) && t.to_device) check(t.to_device(self_, device.c_str()));
 }
 
 // ---- Backbone ------------------------------------------------------------------------------------------
@@ -143,7 +141,7 @@ std::vector<std::string> Objective::attacked_inputs() const {
 TensorMap Objective::prepare(const TensorMap& views, const at::Tensor& sample_indices) const {
   const auto& t = table<cfamc_objective_vtable>();
   if (!reaches(offsetof(cfamc_objective_vtable, prepare)) || t.prepare == nullptr) return views;
-  NamedTensorsArg in(views);
+  NamedTensorsView in(views);
   cfamc_tensor indices{sample_indices};
   TensorCollector out;
   check(t.prepare(self(), in.get(), sample_indices.defined() ? &indices : nullptr, out.sink()));
@@ -153,8 +151,8 @@ TensorMap Objective::prepare(const TensorMap& views, const at::Tensor& sample_in
 LossResult Objective::loss(const Backbone& backbone, const TensorMap& clean, const TensorMap& adversarial,
                            cfamc_phase phase) const {
   const cfamc_encoder encoder = backbone.encoder();
-  NamedTensorsArg clean_arg(clean);
-  NamedTensorsArg adv_arg(adversarial);
+  NamedTensorsView clean_arg(clean);
+  NamedTensorsView adv_arg(adversarial);
   TensorCollector scalars;
   cfamc_tensor* out = nullptr;
   check(table<cfamc_objective_vtable>().loss(self(), &encoder, clean_arg.get(),
@@ -190,7 +188,7 @@ int64_t Objective::representation_dim(int64_t feature_dim) const {
 int32_t Attack::replays() const { return table<cfamc_attack_vtable>().replays(self()); }
 
 TensorMap Attack::perturb(const cfamc_oracle& oracle, const TensorMap& inputs) const {
-  NamedTensorsArg in(inputs);
+  NamedTensorsView in(inputs);
   TensorCollector out;
   check(table<cfamc_attack_vtable>().perturb(self(), &oracle, in.get(), out.sink()));
   TensorMap adversarial = out.take();
@@ -208,7 +206,7 @@ bool Attack::observes() const {
 
 void Attack::observe(const TensorMap& input_gradients) const {
   if (!observes()) return;
-  NamedTensorsArg in(input_gradients);
+  NamedTensorsView in(input_gradients);
   check(table<cfamc_attack_vtable>().observe(self(), in.get()));
 }
 

@@ -2,33 +2,23 @@
 // through the kind's C table, and turns a returned error into Failure(plugin) naming the component.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <torch/ordered_dict.h>
-
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "plugins/context.hpp"
 #include "plugins/registry.hpp"
+#include "tensor_map.hpp"
 
 namespace cfamc::host {
 
-using TensorMap = torch::OrderedDict<std::string, at::Tensor>;
-
-struct NamedTensor {
-  cfamc_tensor_role role;
-  std::string name;
-  at::Tensor tensor;  // aliases the component's own tensor
-};
-
 // Owned handles behind a cfamc_named_tensors for the duration of one call.
-class NamedTensorsArg {
+class NamedTensorsView {
  public:
-  explicit NamedTensorsArg(const TensorMap& map);
-  ~NamedTensorsArg();
-  NamedTensorsArg(const NamedTensorsArg&) = delete;
-  NamedTensorsArg& operator=(const NamedTensorsArg&) = delete;
+  explicit NamedTensorsView(const TensorMap& map);
+  ~NamedTensorsView();
+  NamedTensorsView(const NamedTensorsView&) = delete;
+  NamedTensorsView& operator=(const NamedTensorsView&) = delete;
   const cfamc_named_tensors* get() const { return &view_; }
 
  private:
@@ -70,10 +60,10 @@ class Component {
 
   const ComponentInfo& info() const { return info_; }
   const std::string& who() const { return who_; }  // "plugin 'pgd' (attack)"
-  std::vector<NamedTensor> named_tensors() const;
+  // The component's tensors of one role (parameters, buffers, state) by name; they alias its own.
+  TensorMap tensors(cfamc_tensor_role role) const;
   std::vector<at::Tensor> parameters() const;
   void set_training(bool training);
-  void to_device(const std::string& device);
 
  protected:
   template <class Table>
@@ -121,9 +111,11 @@ class Objective : public Component {
   // `adversarial` empty: clean training.
   LossResult loss(const Backbone& backbone, const TensorMap& clean, const TensorMap& adversarial,
                   cfamc_phase phase) const;
-  bool has_representation() const;
   at::Tensor represent(const at::Tensor& features) const;
   int64_t representation_dim(int64_t feature_dim) const;
+
+ private:
+  bool has_representation() const;
 };
 
 class Attack : public Component {

@@ -29,6 +29,22 @@ const cfamc_host_api* host_api();
 
 cfamc_error* make_error(cfamc_error_code code, std::string message);
 
+// The one translation of a C++ exception into an error for a plugin, used wherever host code runs on a
+// plugin's behalf (the oracle, the evaluation services, the host API): nothing crosses the C boundary,
+// and LibTorch's messages arrive without their backtraces. Call it only inside a catch block.
+cfamc_error* error_from_current_exception() noexcept;
+
+// Runs `body`; an exception becomes the error returned.
+template <class Body>
+cfamc_error* guarded(Body&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (...) {
+    return error_from_current_exception();
+  }
+}
+
 // Releases `error` (if any) and throws Failure(plugin) prefixed with `who` ("plugin 'pgd' (attack)").
 void check_plugin(cfamc_error* error, const std::string& who);
 

@@ -1,9 +1,13 @@
 // The host API table: the functions every plugin calls back into.
 #include <ATen/DLConvertor.h>
+#include <ATen/Functions.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <optional>
+#include <vector>
 
 #include "failure.hpp"
 #include "log.hpp"
@@ -137,28 +141,130 @@ const void* tensor_aten(const cfamc_tensor* t) { return &t->tensor; }
 cfamc_tensor* tensor_retain(const cfamc_tensor* t) { return make_handle(t->tensor); }
 void tensor_release(cfamc_tensor* t) { delete t; }
 
-cfamc_error* tensor_to_dlpack(const cfamc_tensor* t, DLManagedTensor** out) {
-  try {
-    *out = at::toDLPack(t->tensor);
-    return nullptr;
-  } catch (const std::exception& e) {
-    return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string("tensor_to_dlpack: ") + e.what());
+// LibTorch's export of a contiguous tensor, wrapped so that the shape and strides handed out are the host's
+// own: LibTorch exports a non-contiguous tensor with its real strides and normalises the strides of size-1
+// dimensions differently across 2.x releases, while docs/abi.md promises compact row-major strides, always
+// present, and byte_offset 0, which a plain-C plugin can index without walking strides.
+struct CompactExport {
+  DLManagedTensor managed;  // first: the plugin's DLManagedTensor* is this object
+  DLManagedTensor* inner;   // owned: LibTorch's export, which keeps the tensor alive
+  std::vector<int64_t> shape, strides;
+
+  static void release(DLManagedTensor* managed) {
+    auto* self = static_cast<CompactExport*>(managed->manager_ctx);
+    if (self->inner->deleter) self->inner->deleter(self->inner);
+    delete self;
   }
+};
+
+DLManagedTensor* compact_export(const at::Tensor& tensor) {
+  auto export_ = std::make_unique<CompactExport>();
+  export_->inner = at::toDLPack(tensor.contiguous());
+  const DLTensor& inner = export_->inner->dl_tensor;
+  export_->shape.assign(inner.shape, inner.shape + inner.ndim);
+  export_->strides.assign(inner.ndim, 1);
+  for (int d = inner.ndim - 2; d >= 0; --d) {
+    export_->strides[d] = export_->strides[d + 1] * std::max<int64_t>(export_->shape[d + 1], 1);
+  }
+  DLTensor& out = export_->managed.dl_tensor;
+  out = inner;
+  out.data = static_cast<char*>(inner.data) + inner.byte_offset;
+  out.byte_offset = 0;
+  out.shape = export_->shape.data();
+  out.strides = export_->strides.data();
+  export_->managed.manager_ctx = export_.get();
+  export_->managed.deleter = &CompactExport::release;
+  return &export_.release()->managed;
+}
+
+cfamc_error* tensor_to_dlpack(const cfamc_tensor* t, DLManagedTensor** out) {
+  if (t == nullptr || out == nullptr) return make_error(CFAMC_ERROR_INVALID_ARGUMENT, "tensor_to_dlpack: NULL argument");
+  return guarded([&] { *out = compact_export(t->tensor); });
 }
 
 cfamc_error* tensor_from_dlpack(DLManagedTensor* managed, cfamc_tensor** out) {
-  try {
-    *out = make_handle(at::fromDLPack(managed));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string("tensor_from_dlpack: ") + e.what());
+  return guarded([&] { *out = make_handle(at::fromDLPack(managed)); });
+}
+
+std::optional<at::ScalarType> scalar_type(cfamc_dtype dtype) {
+  switch (dtype) {
+    case CFAMC_DTYPE_FLOAT32: return at::kFloat;
+    case CFAMC_DTYPE_FLOAT64: return at::kDouble;
+    case CFAMC_DTYPE_FLOAT16: return at::kHalf;
+    case CFAMC_DTYPE_BFLOAT16: return at::kBFloat16;
+    case CFAMC_DTYPE_UINT8: return at::kByte;
+    case CFAMC_DTYPE_INT8: return at::kChar;
+    case CFAMC_DTYPE_INT32: return at::kInt;
+    case CFAMC_DTYPE_INT64: return at::kLong;
+    case CFAMC_DTYPE_BOOL: return at::kBool;
+    case CFAMC_DTYPE_SAME: break;
   }
+  return std::nullopt;
+}
+
+// `name` as a device, or an error: a typo in a plugin is its caller's mistake, not a runtime failure.
+cfamc_error* parse_device(const char* name, const char* function, std::optional<c10::Device>* out) {
+  try {
+    *out = c10::Device(name);
+    return nullptr;
+  } catch (const c10::Error&) {
+    return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(function) + ": '" + name + "' is not a device");
+  }
+}
+
+cfamc_error* invalid(const char* function, const std::string& why) {
+  return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(function) + ": " + why);
+}
+
+cfamc_error* tensor_zeros(const cfamc_context* ctx, const int64_t* shape, size_t ndim, cfamc_dtype dtype,
+                          const char* device, cfamc_tensor** out) {
+  constexpr const char* fn = "tensor_zeros";
+  if (out == nullptr || (shape == nullptr && ndim > 0)) return invalid(fn, "NULL argument");
+  if (device == nullptr && ctx == nullptr) return invalid(fn, "no device and no context to take it from");
+  const auto type = scalar_type(dtype);
+  if (!type) return invalid(fn, "unknown dtype " + std::to_string(static_cast<int>(dtype)));
+  std::vector<int64_t> sizes(shape, shape + ndim);
+  for (int64_t size : sizes)
+    if (size < 0) return invalid(fn, "negative size " + std::to_string(size));
+  std::optional<c10::Device> where;
+  if (cfamc_error* e = parse_device(device ? device : ctx->device.c_str(), fn, &where)) return e;
+  return guarded([&] { *out = make_handle(at::zeros(sizes, at::TensorOptions().dtype(*type).device(*where))); });
+}
+
+cfamc_error* tensor_copy(const cfamc_tensor* t, const char* device, cfamc_dtype dtype, cfamc_tensor** out) {
+  constexpr const char* fn = "tensor_copy";
+  if (t == nullptr || out == nullptr) return invalid(fn, "NULL argument");
+  const auto type = dtype == CFAMC_DTYPE_SAME ? std::optional(t->tensor.scalar_type()) : scalar_type(dtype);
+  if (!type) return invalid(fn, "unknown dtype " + std::to_string(static_cast<int>(dtype)));
+  std::optional<c10::Device> where = t->tensor.device();
+  if (device != nullptr)
+    if (cfamc_error* e = parse_device(device, fn, &where)) return e;
+  return guarded([&] {
+    *out = make_handle(t->tensor.detach().to(*where, *type, /*non_blocking=*/false, /*copy=*/true,
+                                             at::MemoryFormat::Contiguous));
+  });
 }
 
 }  // namespace
 
 cfamc_error* make_error(cfamc_error_code code, std::string message) {
   return new cfamc_error{code, std::move(message)};
+}
+
+cfamc_error* error_from_current_exception() noexcept {
+  try {
+    throw;
+  } catch (const Failure& e) {
+    return make_error(e.code() == ExitCode::usage ? CFAMC_ERROR_OPTION : CFAMC_ERROR_RUNTIME, e.what());
+  } catch (const c10::Error& e) {
+    return make_error(CFAMC_ERROR_RUNTIME, e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    return make_error(CFAMC_ERROR_RUNTIME, "out of memory");
+  } catch (const std::exception& e) {
+    return make_error(CFAMC_ERROR_RUNTIME, e.what());
+  } catch (...) {
+    return make_error(CFAMC_ERROR_INTERNAL, "an unknown exception");
+  }
 }
 
 void check_plugin(cfamc_error* error, const std::string& who) {
@@ -176,7 +282,9 @@ const cfamc_host_api* host_api() {
       error_message,          error_release,    plugin_log,              seed,              device,
       cuda_stream,            feature_dim,      option_bool,      option_int,       option_float,      option_string,
       option_int_list,        option_float_list, option_string_list, tensor_from_aten, tensor_aten,
-      tensor_retain,          tensor_release,   tensor_to_dlpack, tensor_from_dlpack};
+      tensor_retain,          tensor_release,   tensor_to_dlpack, tensor_from_dlpack,
+      // ABI 1.1
+      tensor_zeros,           tensor_copy};
   return &api;
 }
 

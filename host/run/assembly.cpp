@@ -1,38 +1,77 @@
 #include "run/assembly.hpp"
 
+#include <algorithm>
+
 #include "failure.hpp"
 
 namespace cfamc::host {
+namespace {
+
+template <class K>
+std::unique_ptr<K> make(const ComponentConfig& c, const RunConfig& config, const Registry& registry,
+                        const std::string& device, int64_t feature_dim) {
+  return instantiate<K>(registry, *c.info,
+                        ComponentSetup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim});
+}
+
+bool named_by_a_control(const std::string& id, const RunConfig& config) {
+  return std::any_of(config.components.begin(), config.components.end(), [&](const ComponentConfig& c) {
+    return c.role == Role::evaluator && c.control && std::find(c.attacks.begin(), c.attacks.end(), id) != c.attacks.end();
+  });
+}
+
+}  // namespace
 
 Assembly assemble(const RunConfig& config, const Registry& registry, const std::string& device) {
   Assembly a;
-  int64_t feature_dim = 0;
-  for (const auto& c : config.components) {
-    ComponentSetup setup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim};
-    switch (c.kind) {
-      case CFAMC_KIND_BACKBONE:
-        a.backbone = instantiate<Backbone>(registry, *c.info, std::move(setup));
-        feature_dim = a.backbone->feature_dim();
-        break;
-      case CFAMC_KIND_OBJECTIVE: a.objective = instantiate<Objective>(registry, *c.info, std::move(setup)); break;
-      case CFAMC_KIND_ATTACK:
-        if (c.label == "attack") a.attack = instantiate<Attack>(registry, *c.info, std::move(setup));
-        else a.evaluation_attacks.emplace_back(c.id, instantiate<Attack>(registry, *c.info, std::move(setup)));
-        break;
-      case CFAMC_KIND_EVALUATOR:
-        a.evaluators.emplace_back(&c, instantiate<Evaluator>(registry, *c.info, std::move(setup)));
-        break;
-    }
+  a.backbone = make<Backbone>(*config.find(Role::backbone), config, registry, device, 0);
+  const int64_t feature_dim = a.backbone->feature_dim();
+  a.objective = make<Objective>(*config.find(Role::objective), config, registry, device, feature_dim);
+  if (const ComponentConfig* attack = config.find(Role::training_attack)) {
+    a.attack = make<Attack>(*attack, config, registry, device, feature_dim);
   }
+  for (const auto& entry : config.attack_schedule) {
+    if (entry.attack == "none" || a.named_attack(entry.attack) != nullptr) continue;
+    a.named_attacks.emplace_back(entry.attack,
+                                 make<Attack>(*config.named_attack(entry.attack), config, registry, device, feature_dim));
+  }
+  a.evaluation = assemble_evaluation(config, registry, device, feature_dim, /*controls_only=*/false);
   return a;
 }
 
-std::vector<std::pair<std::string, const Attack*>> Assembly::attacks_for(const ComponentConfig& evaluator) const {
+Evaluation assemble_evaluation(const RunConfig& config, const Registry& registry, const std::string& device,
+                               int64_t feature_dim, bool controls_only) {
+  Evaluation e;
+  for (const auto& c : config.components) {
+    if (c.role == Role::named_attack && (!controls_only || named_by_a_control(c.id, config))) {
+      e.attacks.emplace_back(c.id, make<Attack>(c, config, registry, device, feature_dim));
+    } else if (c.role == Role::evaluator && (c.control || !controls_only)) {
+      e.evaluators.emplace_back(&c, make<Evaluator>(c, config, registry, device, feature_dim));
+    }
+  }
+  return e;
+}
+
+std::vector<std::pair<std::string, const Attack*>> Evaluation::attacks_for(const ComponentConfig& evaluator) const {
   std::vector<std::pair<std::string, const Attack*>> out;
   for (const auto& id : evaluator.attacks)
-    for (const auto& [name, attack] : evaluation_attacks)
+    for (const auto& [name, attack] : attacks)
       if (name == id) out.emplace_back(name, attack.get());
   return out;
+}
+
+std::vector<std::pair<const ComponentConfig*, Component*>> Assembly::checkpointed(const RunConfig& config) const {
+  std::vector<std::pair<const ComponentConfig*, Component*>> out{{config.find(Role::backbone), backbone.get()},
+                                                                 {config.find(Role::objective), objective.get()}};
+  if (attack) out.emplace_back(config.find(Role::training_attack), attack.get());
+  for (const auto& [id, named] : named_attacks) out.emplace_back(config.named_attack(id), named.get());
+  return out;
+}
+
+const Attack* Assembly::named_attack(const std::string& id) const {
+  for (const auto& [name, attack] : named_attacks)
+    if (name == id) return attack.get();
+  return nullptr;
 }
 
 std::vector<const ViewRecipe*> view_groups_of(const RunConfig& config, const Objective& objective) {

@@ -7,23 +7,40 @@
 #include <utility>
 #include <vector>
 
-#include "config/run_config.hpp"
 #include "plugins/components.hpp"
+#include "run/run_config.hpp"
 
 namespace cfamc::host {
+
+// The evaluators and the [attacks.<id>] they name. Each evaluation pass (the untrained controls, the
+// trained encoder) gets its own, made from the same seeds, so that one pass draws nothing from the random
+// streams of the other.
+struct Evaluation {
+  std::vector<std::pair<const ComponentConfig*, std::unique_ptr<Evaluator>>> evaluators;
+  std::vector<std::pair<std::string, std::unique_ptr<Attack>>> attacks;  // by id
+
+  // The attacks an evaluator names, by id.
+  std::vector<std::pair<std::string, const Attack*>> attacks_for(const ComponentConfig& evaluator) const;
+};
 
 struct Assembly {
   std::unique_ptr<Backbone> backbone;
   std::unique_ptr<Objective> objective;
-  std::unique_ptr<Attack> attack;  // the training attack; null: clean training
-  std::vector<std::pair<const ComponentConfig*, std::unique_ptr<Evaluator>>> evaluators;
-  std::vector<std::pair<std::string, std::unique_ptr<Attack>>> evaluation_attacks;  // [attacks.<id>] by id
+  std::unique_ptr<Attack> attack;                                      // [attack]; null: clean training
+  std::vector<std::pair<std::string, std::unique_ptr<Attack>>> named_attacks;  // for [[attack_schedule]]
+  Evaluation evaluation;                                               // of the trained encoder
 
-  // The evaluation attacks an evaluator names, by id.
-  std::vector<std::pair<std::string, const Attack*>> attacks_for(const ComponentConfig& evaluator) const;
+  // Every component whose tensors a checkpoint keeps, with the run-file place that names them.
+  std::vector<std::pair<const ComponentConfig*, Component*>> checkpointed(const RunConfig& config) const;
+  const Attack* named_attack(const std::string& id) const;
 };
 
 Assembly assemble(const RunConfig& config, const Registry& registry, const std::string& device);
+
+// An evaluation pass: every evaluator and [attacks.<id>] of `config`, or only the evaluators with
+// `control = true` and the attacks they name when `controls_only`.
+Evaluation assemble_evaluation(const RunConfig& config, const Registry& registry, const std::string& device,
+                               int64_t feature_dim, bool controls_only);
 
 // The run file's recipes of the view groups the objective consumes, in its order; Failure(usage) naming a
 // group the run file lacks.

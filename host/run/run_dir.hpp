@@ -1,18 +1,12 @@
-// The run directory: what a run leaves behind for the user. Every file is written atomically, so a run
-// killed at any moment leaves either the old or the new version of a file, never half of one.
+// The run directory: what a run leaves behind for the user (files.hpp writes each file atomically).
 #pragma once
 
 #include <filesystem>
 #include <string>
 
+#include "files.hpp"
+
 namespace cfamc::host {
-
-// Writes `content` to `path` through a temporary file in the same directory, flushed and renamed.
-void write_file_atomically(const std::filesystem::path& path, const std::string& content);
-
-// Deletes `path` and everything below it; a missing path is fine. Not std::filesystem::remove_all: the
-// PyTorch wheel's libtorch.so exports a copy of it that crashes when calls bind to it (docs/architecture.md).
-void remove_tree(const std::filesystem::path& path);
 
 // Creates `dir` (and parents); Failure(other) naming it when that is impossible.
 std::filesystem::path prepare_run_dir(const std::string& dir);

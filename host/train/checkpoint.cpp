@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "failure.hpp"
-#include "run/run_dir.hpp"
+#include "files.hpp"
 
 namespace fs = std::filesystem;
 
@@ -36,10 +36,10 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints_in(const fs::path& dir) {
 
 }  // namespace
 
-fs::path save_checkpoint(const fs::path& dir, int64_t step, const CheckpointTensors& tensors, int64_t keep) {
+fs::path save_checkpoint(const fs::path& dir, int64_t step, const TensorMap& tensors, int64_t keep) {
   fs::create_directories(dir);
   c10::Dict<std::string, at::Tensor> dict;
-  for (const auto& [name, tensor] : tensors) dict.insert(name, tensor.detach().to(at::kCPU).clone());
+  for (const auto& item : tensors) dict.insert(item.key(), item.value().detach().to(at::kCPU).clone());
   const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
   char name[32];
   std::snprintf(name, sizeof(name), "step-%09lld.pt", static_cast<long long>(step));
@@ -56,14 +56,14 @@ std::optional<fs::path> newest_checkpoint(const fs::path& dir) {
   return all.back().second;
 }
 
-std::map<std::string, at::Tensor> load_checkpoint(const fs::path& file) {
+TensorMap load_checkpoint(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) fail(ExitCode::other, "cannot read checkpoint " + file.string());
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::map<std::string, at::Tensor> out;
+  TensorMap out;
   try {
     const c10::IValue value = torch::pickle_load(bytes);
-    for (const auto& item : value.toGenericDict()) out.emplace(item.key().toStringRef(), item.value().toTensor());
+    for (const auto& item : value.toGenericDict()) out.insert(item.key().toStringRef(), item.value().toTensor());
   } catch (const std::exception& e) {
     fail(ExitCode::other, "checkpoint " + file.string() + " is unreadable: " + e.what());
   }

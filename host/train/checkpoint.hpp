@@ -2,24 +2,18 @@
 // one file, written atomically, so a run killed at any moment resumes from the newest complete one.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <filesystem>
-#include <map>
 #include <optional>
-#include <string>
-#include <utility>
-#include <vector>
+
+#include "tensor_map.hpp"
 
 namespace cfamc::host {
 
-using CheckpointTensors = std::vector<std::pair<std::string, at::Tensor>>;
-
 // `dir`/step-<step>.pt, then removes all but the newest `keep`.
-std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step, const CheckpointTensors& tensors,
+std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step, const TensorMap& tensors,
                                       int64_t keep);
 std::optional<std::filesystem::path> newest_checkpoint(const std::filesystem::path& dir);
 // Failure(other) naming the file when it cannot be read.
-std::map<std::string, at::Tensor> load_checkpoint(const std::filesystem::path& file);
+TensorMap load_checkpoint(const std::filesystem::path& file);
 
 }  // namespace cfamc::host

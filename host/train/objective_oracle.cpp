@@ -16,15 +16,12 @@ cfamc_oracle ObjectiveOracle::get() {
 cfamc_error* ObjectiveOracle::loss(void* self, const cfamc_named_tensors* inputs, cfamc_tensor** out) {
   auto* oracle = static_cast<ObjectiveOracle*>(self);
   ++oracle->calls_;
-  try {
+  return guarded([&] {
     at::Tensor loss = oracle->objective_.loss(oracle->backbone_, oracle->clean_, to_map(inputs), CFAMC_PHASE_ATTACK).loss;
     // The graph stays for the attack's own gradient call.
     if (oracle->accumulate_ && loss.requires_grad()) loss.sum().backward({}, /*retain_graph=*/true);
     *out = make_handle(loss);
-    return nullptr;
-  } catch (const std::exception& e) {
-    return make_error(CFAMC_ERROR_RUNTIME, e.what());
-  }
+  });
 }
 
 }  // namespace cfamc::host

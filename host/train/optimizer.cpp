@@ -9,20 +9,20 @@
 
 namespace cfamc::host {
 
-Optimizer::Optimizer(OptimizerConfig config, NamedTensors parameters)
+Optimizer::Optimizer(OptimizerConfig config, TensorMap parameters)
     : config_(std::move(config)), parameters_(std::move(parameters)), steps_(at::zeros({}, at::kLong)) {
   if (config_.kind != "sgd" && config_.kind != "lars" && config_.kind != "adamw") {
     fail(ExitCode::usage, "train.optimizer: '" + config_.kind + "' is not one of sgd, lars, adamw");
   }
-  for (const auto& [name, p] : parameters_) {
+  for (const at::Tensor& p : parameters_.values()) {
     first_.push_back(at::zeros_like(p));
     second_.push_back(config_.kind == "adamw" ? at::zeros_like(p) : at::Tensor());
   }
 }
 
 void Optimizer::zero_grad() {
-  for (auto& [name, p] : parameters_)
-    if (p.grad().defined()) p.mutable_grad().zero_();
+  for (auto& item : parameters_)
+    if (item.value().grad().defined()) item.value().mutable_grad().zero_();
 }
 
 // LARS as EMP-SSL's reference wraps SGD: for every weight that is not 1-D (when excluded) and has non-zero
@@ -43,7 +43,7 @@ void Optimizer::step(double lr) {
   steps_ += 1;
   const int64_t t = steps_.item<int64_t>();
   for (size_t i = 0; i < parameters_.size(); ++i) {
-    at::Tensor& p = parameters_[i].second;
+    at::Tensor& p = parameters_[i].value();
     if (!p.grad().defined()) continue;
     at::Tensor g = p.grad();
     if (config_.kind == "adamw") {
@@ -70,11 +70,14 @@ void Optimizer::step(double lr) {
   }
 }
 
-NamedTensors Optimizer::state() {
-  NamedTensors out{{"steps", steps_}};
+int64_t Optimizer::updates() const { return steps_.item<int64_t>(); }
+
+TensorMap Optimizer::state() {
+  TensorMap out;
+  out.insert("steps", steps_);
   for (size_t i = 0; i < parameters_.size(); ++i) {
-    out.emplace_back(parameters_[i].first + "/first", first_[i]);
-    if (second_[i].defined()) out.emplace_back(parameters_[i].first + "/second", second_[i]);
+    out.insert(parameters_[i].key() + "/first", first_[i]);
+    if (second_[i].defined()) out.insert(parameters_[i].key() + "/second", second_[i]);
   }
   return out;
 }

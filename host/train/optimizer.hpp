@@ -3,33 +3,30 @@
 // everything else.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
-#include "train/train_config.hpp"
-
-#include <string>
-#include <utility>
 #include <vector>
+
+#include "tensor_map.hpp"
+#include "train/train_config.hpp"
 
 namespace cfamc::host {
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
-
 class Optimizer {
  public:
-  Optimizer(OptimizerConfig config, NamedTensors parameters);
+  Optimizer(OptimizerConfig config, TensorMap parameters);
 
   void zero_grad();
   // One update with learning rate `lr` (the schedule's value for this step).
   void step(double lr);
-  // Momentum / moment buffers and the step count, named after their parameters.
-  NamedTensors state();
+  // Updates made so far, including those before a resume (the count is part of state()).
+  int64_t updates() const;
+  // Momentum / moment buffers and the update count, named after their parameters.
+  TensorMap state();
 
  private:
   void lars_rescale(at::Tensor& grad, const at::Tensor& param, double lr) const;
 
   OptimizerConfig config_;
-  NamedTensors parameters_;
+  TensorMap parameters_;
   std::vector<at::Tensor> first_, second_;  // momentum (SGD/LARS) or Adam moments
   at::Tensor steps_;                        // int64 scalar on the CPU
 };

@@ -34,31 +34,32 @@ Schema train_schema() {
 }
 
 TrainConfig train_config_from(const toml::table& t) {
-  TrainConfig c;
-  c.epochs = t["epochs"].value_or(int64_t{1});
-  c.steps = t["steps"].value_or(int64_t{0});
-  c.batch_size = t["batch_size"].value_or(int64_t{100});
-  c.lr = t["lr"].value_or(0.3);
-  c.optimizer.kind = t["optimizer"].value_or(std::string("lars"));
-  c.optimizer.momentum = t["momentum"].value_or(0.9);
-  c.optimizer.nesterov = t["nesterov"].value_or(true);
-  c.optimizer.weight_decay = t["weight_decay"].value_or(0.0);
-  c.optimizer.lars_eta = t["lars_eta"].value_or(0.005);
-  c.optimizer.lars_clip = t["lars_clip"].value_or(true);
-  c.optimizer.lars_exclude_1d = t["lars_exclude_1d"].value_or(true);
+  TrainConfig c{};
+  c.epochs = resolved_value<int64_t>(t, "epochs");
+  c.steps = resolved_value<int64_t>(t, "steps");
+  c.batch_size = resolved_value<int64_t>(t, "batch_size");
+  c.lr = resolved_value<double>(t, "lr");
+  c.optimizer.kind = resolved_value<std::string>(t, "optimizer");
+  c.optimizer.momentum = resolved_value<double>(t, "momentum");
+  c.optimizer.nesterov = resolved_value<bool>(t, "nesterov");
+  c.optimizer.weight_decay = resolved_value<double>(t, "weight_decay");
+  c.optimizer.lars_eta = resolved_value<double>(t, "lars_eta");
+  c.optimizer.lars_clip = resolved_value<bool>(t, "lars_clip");
+  c.optimizer.lars_exclude_1d = resolved_value<bool>(t, "lars_exclude_1d");
   const toml::array* betas = t["betas"].as_array();
   if (betas == nullptr || betas->size() != 2) fail(ExitCode::usage, "train.betas: expected two numbers");
-  c.optimizer.beta1 = betas->get(0)->value_or(0.9);
-  c.optimizer.beta2 = betas->get(1)->value_or(0.999);
-  c.schedule.kind = t["schedule"].value_or(std::string("cosine"));
-  c.warmup_epochs = t["warmup_epochs"].value_or(0.0);
-  c.schedule.min_lr = t["min_lr"].value_or(0.0);
+  c.optimizer.beta1 = betas->get(0)->value_or(0.0);
+  c.optimizer.beta2 = betas->get(1)->value_or(0.0);
+  c.optimizer.eps = 1e-8;
+  c.schedule.kind = resolved_value<std::string>(t, "schedule");
+  c.warmup_epochs = resolved_value<double>(t, "warmup_epochs");
+  c.schedule.min_lr = resolved_value<double>(t, "min_lr");
   for (const auto& m : *t["milestones"].as_array()) c.milestone_epochs.push_back(m.value_or(0.0));
-  c.schedule.gamma = t["gamma"].value_or(0.1);
-  c.log_every = t["log_every"].value_or(int64_t{10});
-  c.checkpoint_every = t["checkpoint_every"].value_or(int64_t{0});
-  c.keep_checkpoints = t["keep_checkpoints"].value_or(int64_t{2});
-  c.free_schedule_undivided = t["free_schedule_undivided"].value_or(false);
+  c.schedule.gamma = resolved_value<double>(t, "gamma");
+  c.log_every = resolved_value<int64_t>(t, "log_every");
+  c.checkpoint_every = resolved_value<int64_t>(t, "checkpoint_every");
+  c.keep_checkpoints = resolved_value<int64_t>(t, "keep_checkpoints");
+  c.free_schedule_undivided = resolved_value<bool>(t, "free_schedule_undivided");
 
   if (c.optimizer.kind != "sgd" && c.optimizer.kind != "lars" && c.optimizer.kind != "adamw") {
     fail(ExitCode::usage, "train.optimizer: '" + c.optimizer.kind + "' is not one of sgd, lars, adamw");
@@ -73,6 +74,31 @@ TrainConfig train_config_from(const toml::table& t) {
   }
   return c;
 }
+
+Schema training_attack_schema() {
+  return {
+      {"bn_mode", CFAMC_OPTION_STRING, "\"train\"", "BatchNorm mode during attack steps: \"train\" or \"eval\""},
+      {"from_epoch", CFAMC_OPTION_INT, "0", "train clean before this epoch, then with the attack"},
+      {"accumulate_weight_grads", CFAMC_OPTION_BOOL, "false",
+       "reference quirk (robust EMP-SSL): weight gradients of every attack step join the update"},
+  };
+}
+
+TrainingAttackConfig training_attack_config_from(const toml::table& resolved, const std::string& file) {
+  const std::string bn = resolved_value<std::string>(resolved, "bn_mode");
+  if (bn != "train" && bn != "eval") fail(ExitCode::usage, file + ": attack.bn_mode: \"train\" or \"eval\", not '" + bn + "'");
+  TrainingAttackConfig out{};
+  out.eval_mode_bn = bn == "eval";
+  out.from_epoch = resolved_value<int64_t>(resolved, "from_epoch");
+  out.accumulate_weight_grads = resolved_value<bool>(resolved, "accumulate_weight_grads");
+  return out;
+}
+
+TrainingAttackConfig training_attack_defaults() {
+  return training_attack_config_from(resolve_options({}, training_attack_schema(), "attack", "(defaults)"), "(defaults)");
+}
+
+TrainConfig train_defaults() { return train_config_from(resolve_options({}, train_schema(), "train", "(defaults)")); }
 
 void set_steps_per_epoch(TrainConfig& c, int64_t steps_per_epoch) {
   c.schedule.warmup_steps = static_cast<int64_t>(std::llround(c.warmup_epochs * static_cast<double>(steps_per_epoch)));

@@ -11,42 +11,60 @@
 
 namespace cfamc::host {
 
+// The settings below have no defaults of their own: train_schema() declares them, once, and
+// train_config_from reads every one from the resolved table (train_defaults() for code that builds one).
 struct OptimizerConfig {
-  std::string kind = "sgd";  // sgd, lars, adamw
-  double momentum = 0.9;
-  bool nesterov = false;
-  double weight_decay = 0.0;
-  double lars_eta = 0.005;
-  bool lars_clip = true;
-  bool lars_exclude_1d = true;  // biases and BatchNorm: no LARS scaling and no weight decay
-  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  std::string kind;  // sgd, lars, adamw
+  double momentum;
+  bool nesterov;
+  double weight_decay;
+  double lars_eta;
+  bool lars_clip;
+  bool lars_exclude_1d;  // biases and BatchNorm: no LARS scaling and no weight decay
+  double beta1, beta2;
+  double eps;  // not an option: the denominators' guard of LARS and AdamW
 };
 
 struct ScheduleConfig {
-  std::string kind = "cosine";  // cosine, constant, multistep
-  int64_t warmup_steps = 0;
-  double min_lr = 0.0;              // cosine's end value
+  std::string kind;  // cosine, constant, multistep
+  int64_t warmup_steps;
+  double min_lr;                    // cosine's end value
   std::vector<int64_t> milestones;  // multistep: steps at which lr *= gamma
-  double gamma = 0.1;
+  double gamma;
 };
 
 struct TrainConfig {
-  int64_t epochs = 1;
-  int64_t steps = 0;  // 0: epochs x steps per epoch
-  int64_t batch_size = 100;
-  double lr = 0.3;
+  int64_t epochs;
+  int64_t steps;  // 0: epochs x steps per epoch
+  int64_t batch_size;
+  double lr;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
-  double warmup_epochs = 0;             // turned into schedule.warmup_steps once steps per epoch are known
+  double warmup_epochs;                  // turned into schedule.warmup_steps once steps per epoch are known
   std::vector<double> milestone_epochs;  // likewise for schedule.milestones
-  int64_t log_every = 10;
-  int64_t checkpoint_every = 0;  // steps; 0: only at the end
-  int64_t keep_checkpoints = 2;
-  bool free_schedule_undivided = false;  // reference quirk: schedule length counts minibatches, not replays
+  int64_t log_every;
+  int64_t checkpoint_every;  // steps; 0: only at the end
+  int64_t keep_checkpoints;
+  bool free_schedule_undivided;  // reference quirk: schedule length counts minibatches, not replays
+};
+
+// How the host runs the training attack: the [attack] keys besides `plugin`, declared by
+// training_attack_schema(); all false and zero when the run has no training attack.
+struct TrainingAttackConfig {
+  bool eval_mode_bn;             // BatchNorm in eval mode during attack steps
+  int64_t from_epoch;            // clean training before this epoch
+  bool accumulate_weight_grads;  // reference quirk: attack steps' weight gradients join the update
 };
 
 Schema train_schema();
 TrainConfig train_config_from(const toml::table& resolved);
+// [train] with every key at its declared default.
+TrainConfig train_defaults();
+
+Schema training_attack_schema();
+TrainingAttackConfig training_attack_config_from(const toml::table& resolved, const std::string& file);
+// [attack]'s host keys at their declared defaults.
+TrainingAttackConfig training_attack_defaults();
 
 // Epoch-based settings in steps, once the number of steps per epoch is known.
 void set_steps_per_epoch(TrainConfig& config, int64_t steps_per_epoch);

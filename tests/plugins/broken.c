@@ -1,5 +1,6 @@
 /* Plugins that are wrong on purpose, one per BROKEN_* definition, to test that the host refuses each with a
- * clear error instead of crashing. Plain C, no LibTorch: the ABI checks come before any tensor. */
+ * clear error instead of crashing. Plain C, no LibTorch: the ABI checks come before any tensor.
+ * BROKEN_HEALTHY is the control: nothing wrong, the same component name. */
 #include <cfamc/cfamc.h>
 
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * cfamc plugin ABI, major version 1.
+ * cfamc plugin ABI, version 1.1 (major 1; minor 1 appended tensor allocation to the host API).
  *
  * This header is the whole contract between cfamc-host and a plugin library. It is C99 and names no C++
  * type, so a plugin may be written in C, C++ or anything that can export a C function.
@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define CFAMC_ABI_MAJOR 1
-#define CFAMC_ABI_MINOR 0
+#define CFAMC_ABI_MINOR 1
 
 /* The one symbol a plugin library exports; the ABI major is part of its name. */
 #define CFAMC_PLUGIN_ENTRY_SYMBOL "cfamc_plugin_entry_v1"
@@ -61,6 +61,22 @@ typedef enum cfamc_kind {
   CFAMC_KIND_ATTACK = 3,
   CFAMC_KIND_EVALUATOR = 4
 } cfamc_kind;
+
+/* Element types for the host API's tensor_zeros and tensor_copy (ABI 1.1). An enum of its own rather than
+ * DLPack's DLDataType, so that this header stays free of dlpack.h; a tensor's DLPack export still reports its
+ * type as DLPack's (code, bits, lanes). */
+typedef enum cfamc_dtype {
+  CFAMC_DTYPE_SAME = 0, /* tensor_copy only: the source's type */
+  CFAMC_DTYPE_FLOAT32 = 1,
+  CFAMC_DTYPE_FLOAT64 = 2,
+  CFAMC_DTYPE_FLOAT16 = 3,
+  CFAMC_DTYPE_BFLOAT16 = 4,
+  CFAMC_DTYPE_UINT8 = 5,
+  CFAMC_DTYPE_INT8 = 6,
+  CFAMC_DTYPE_INT32 = 7,
+  CFAMC_DTYPE_INT64 = 8,
+  CFAMC_DTYPE_BOOL = 9
+} cfamc_dtype;
 
 typedef enum cfamc_log_level {
   CFAMC_LOG_DEBUG = 1,
@@ -240,11 +256,34 @@ typedef struct cfamc_host_api {
   cfamc_tensor *(*tensor_retain)(const cfamc_tensor *tensor);
   void (*tensor_release)(cfamc_tensor *tensor);
 
-  /* DLPack, for plugins without LibTorch. `tensor_to_dlpack`: an owned DLManagedTensor sharing memory
-   * (call its deleter when done). `tensor_from_dlpack` takes ownership of `managed` (also on error). */
+  /* DLPack, for plugins without LibTorch (docs/abi.md: the DLPack version and what an export guarantees).
+   * `tensor_to_dlpack`: an owned DLManagedTensor (call its deleter when done) that is always compact
+   * row-major: `strides` present and contiguous, `byte_offset` 0. It shares the tensor's memory when the
+   * tensor is contiguous (always so for tensors made by tensor_zeros and tensor_copy); a non-contiguous
+   * tensor is exported as a contiguous copy, which writes do not reach. `tensor_from_dlpack` takes
+   * ownership of `managed` (also on error); NULL strides mean compact row-major. */
   cfamc_error *(*tensor_to_dlpack)(const cfamc_tensor *tensor, struct DLManagedTensor **out_managed);
   cfamc_error *(*tensor_from_dlpack)(struct DLManagedTensor *managed, cfamc_tensor **out_tensor);
+
+  /* ---- Appended in ABI 1.1. Check CFAMC_HOST_HAS(api, function) before calling: a 1.0 host lacks them. */
+
+  /* A new tensor filled with zeros: `ndim` sizes at `shape` (each >= 0; `shape` may be NULL when ndim is 0),
+   * element type `dtype` (not CFAMC_DTYPE_SAME), contiguous, outside any autograd graph, on `device`
+   * ("cpu", "cuda:0") or, when `device` is NULL, on the device of the component `ctx` (then required).
+   * `out` owned. Bad arguments: CFAMC_ERROR_INVALID_ARGUMENT; no memory: CFAMC_ERROR_RUNTIME. */
+  cfamc_error *(*tensor_zeros)(const cfamc_context *ctx, const int64_t *shape, size_t ndim, cfamc_dtype dtype,
+                               const char *device, cfamc_tensor **out);
+  /* A deep copy of `tensor` in new, contiguous memory, detached from any autograd graph, on `device` (NULL:
+   * the source's) as `dtype` (CFAMC_DTYPE_SAME: the source's). `out` owned. */
+  cfamc_error *(*tensor_copy)(const cfamc_tensor *tensor, const char *device, cfamc_dtype dtype,
+                              cfamc_tensor **out);
 } cfamc_host_api;
+
+/* Whether the host API table `api` (a const cfamc_host_api*) has the function `field`, which is appended
+ * after ABI 1.0: a host of an older minor hands a shorter table. */
+#define CFAMC_HOST_HAS(api, field)                                                        \
+  ((api)->struct_size >= offsetof(cfamc_host_api, field) + sizeof((api)->field) && \
+   (api)->field != NULL)
 
 /* ---- Component function tables -------------------------------------------------------------------
  * Every table starts with the same lifecycle functions. `self` is the plugin's object made by `create`;

@@ -1,14 +1,13 @@
-// An attack written outside the cfamc tree: x + epsilon * s with a random sign s per pixel, clamped to
-// [0,1]. A baseline every real attack should beat.
+// An attack written outside the cfamc tree (docs/plugin-guide.md): x + epsilon * s with a random sign s per
+// pixel, clamped to [0,1]. A baseline every real attack should beat.
 #include <cfamc/plugin.hpp>
-
 #include <torch/torch.h>
 
 class RandomSign : public cfamc::Attack {
  public:
-  static constexpr const char* name = "random_sign";
+  static constexpr const char* name = "random_sign";                      // plugin = "random_sign"
   static constexpr const char* summary = "random +-epsilon per pixel (a baseline)";
-  static std::vector<cfamc_option_decl> options() {
+  static std::vector<cfamc_option_decl> options() {                       // validated by the host
     return {cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "perturbation size, in pixel units")};
   }
 

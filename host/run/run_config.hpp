@@ -21,9 +21,19 @@ namespace cfamc::host {
 class Registry;
 struct ComponentInfo;
 
+// Where a component sits in the run file, which decides what the host does with it.
+enum class Role {
+  backbone,         // [backbone]
+  objective,        // [objective]
+  training_attack,  // [attack]
+  named_attack,     // [attacks.<id>]: evaluators and [[attack_schedule]] name it by id
+  evaluator,        // [[evaluate]]
+};
+cfamc_kind kind_of(Role role);
+
 struct ComponentConfig {
-  cfamc_kind kind;
-  std::string label;    // "backbone", "attack", "evaluate.knn": where it sits, and its log prefix
+  Role role;
+  std::string label;    // "backbone", "attack", "attacks.pgd8", "evaluate.knn": where it sits, and its log prefix
   std::string id;       // the evaluator's id in summary.json; the section name otherwise
   std::string plugin;   // the component name the registry knows
   toml::table options;  // validated, defaults filled in, without the host's reserved keys
@@ -31,13 +41,6 @@ struct ComponentConfig {
   bool control = false;  // evaluators: also evaluate the untrained encoder, as "<id>_untrained"
   std::vector<std::string> attacks;  // evaluators: ids of [attacks.<id>] to evaluate robustness under
   toml::table host_options;          // the training attack: bn_mode, from_epoch, accumulate_weight_grads
-};
-
-// How the host runs the training attack ([attack] keys besides `plugin`).
-struct TrainingAttackConfig {
-  bool eval_mode_bn = false;             // BatchNorm mode during attack steps
-  int64_t from_epoch = 0;                // clean training before this epoch
-  bool accumulate_weight_grads = false;  // reference quirk: attack steps' weight gradients join the update
 };
 
 // One entry of [[attack_schedule]]: from this epoch on, train with [attacks.<attack>] ("none": clean).
@@ -60,8 +63,8 @@ struct RunConfig {
   std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), evaluators, [attacks.*]
   toml::table data_table, train_table, views_table;  // as resolved, for resolved()
 
-  const ComponentConfig* find(cfamc_kind kind) const;
-  const ComponentConfig* evaluation_attack(const std::string& id) const;
+  const ComponentConfig* find(Role role) const;  // the first with this role
+  const ComponentConfig* named_attack(const std::string& id) const;
   TrainingAttackConfig training_attack() const;
   const ViewRecipe* view(const std::string& name) const;
   // The whole run file as resolved: every default written out.
@@ -71,7 +74,6 @@ struct RunConfig {
 // The host's own sections, as declarations (documented in docs/config.md).
 Schema run_section_schema();
 Schema plugins_section_schema();
-Schema training_attack_schema();
 Schema attack_schedule_schema();
 
 // Step 1, before plugins are discovered: the sections the host reads itself, and the shape of the rest

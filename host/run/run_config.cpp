@@ -1,0 +1,210 @@
+#include "run/run_config.hpp"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "failure.hpp"
+#include "run/component_tables.hpp"
+
+namespace cfamc::host {
+namespace {
+
+const std::vector<std::string> kSections = {"run",      "plugins",   "data",   "views",    "train",  "backbone",
+                                            "objective", "attack",  "evaluate", "attacks", "attack_schedule"};
+
+// A [plugins] path written in the run file is relative to the file's folder, so a run file and the
+// plugins beside it move together; one given with --set is relative to where the command runs.
+std::string plugin_path(const toml::node& entry, const std::string& run_file) {
+  const std::filesystem::path path(entry.value_or(std::string()));
+  if (path.is_absolute() || from_command_line(entry)) return path.string();
+  return (std::filesystem::path(run_file).parent_path() / path).lexically_normal().string();
+}
+
+void read_run_and_plugins(RunConfig& config, const RunFile& run_file) {
+  const toml::table run = resolve_options(section_table(run_file, "run"), run_section_schema(), "run", run_file.file);
+  config.dir = resolved_value<std::string>(run, "dir");
+  config.seed = resolved_value<int64_t>(run, "seed");
+  config.device = resolved_value<std::string>(run, "device");
+  const toml::table& given = section_table(run_file, "plugins");
+  resolve_options(given, plugins_section_schema(), "plugins", run_file.file);  // checks the types
+  // The entries as written, not as resolved: resolving copies nodes and drops where they came from.
+  if (const toml::array* paths = given["paths"].as_array()) {
+    for (const auto& entry : *paths) config.plugin_paths.push_back(plugin_path(entry, run_file.file));
+  }
+}
+
+void read_views(RunConfig& config, const RunFile& run_file) {
+  for (const auto& [key, node] : section_table(run_file, "views")) {
+    const std::string name(key.str());
+    const toml::table* group = node.as_table();
+    if (group == nullptr) {
+      fail(ExitCode::usage, location_of(node, run_file.file) + ": views." + name + " must be a table ([views." + name + "])");
+    }
+    toml::table resolved = resolve_options(*group, view_recipe_schema(), "views." + name, run_file.file);
+    config.views.push_back(view_recipe_from(name, resolved));
+    config.views_table.insert(name, std::move(resolved));
+  }
+}
+
+void check_schedule_entry(const RunConfig& config, const ScheduledAttack& scheduled, const toml::node& entry,
+                          const std::string& file) {
+  if (scheduled.attack != "none" && config.named_attack(scheduled.attack) == nullptr) {
+    fail(ExitCode::usage, location_of(entry, file) + ": attack_schedule names '" + scheduled.attack +
+                              "', but there is no [attacks." + scheduled.attack + "]");
+  }
+  if (!config.attack_schedule.empty() && scheduled.from_epoch <= config.attack_schedule.back().from_epoch) {
+    fail(ExitCode::usage, location_of(entry, file) + ": attack_schedule entries need increasing from_epoch");
+  }
+}
+
+void read_attack_schedule(RunConfig& config, const RunFile& run_file) {
+  const toml::node* node = run_file.table.get("attack_schedule");
+  if (node == nullptr) return;
+  const toml::array* entries = node->as_array();
+  if (entries == nullptr || !entries->is_array_of_tables()) {
+    fail(ExitCode::usage, location_of(*node, run_file.file) + ": 'attack_schedule' must be an array of tables ([[attack_schedule]])");
+  }
+  for (const auto& entry : *entries) {
+    toml::table resolved = resolve_options(*entry.as_table(), attack_schedule_schema(), "attack_schedule", run_file.file);
+    const ScheduledAttack scheduled{resolved_value<int64_t>(resolved, "from_epoch"),
+                                    resolved_value<std::string>(resolved, "attack")};
+    check_schedule_entry(config, scheduled, entry, run_file.file);
+    config.attack_schedule.push_back(scheduled);
+    config.attack_schedule_table.push_back(std::move(resolved));
+  }
+}
+
+}  // namespace
+
+cfamc_kind kind_of(Role role) {
+  switch (role) {
+    case Role::backbone: return CFAMC_KIND_BACKBONE;
+    case Role::objective: return CFAMC_KIND_OBJECTIVE;
+    case Role::training_attack:
+    case Role::named_attack: return CFAMC_KIND_ATTACK;
+    case Role::evaluator: return CFAMC_KIND_EVALUATOR;
+  }
+  return CFAMC_KIND_BACKBONE;
+}
+
+const toml::table& section_table(const RunFile& run_file, const std::string& name) {
+  static const toml::table empty;
+  const toml::node* node = run_file.table.get(name);
+  if (node == nullptr) return empty;
+  if (const auto* t = node->as_table()) return *t;
+  fail(ExitCode::usage, location_of(*node, run_file.file) + ": '" + name + "' must be a table ([" + name + "])");
+}
+
+Schema run_section_schema() {
+  return {
+      {"dir", CFAMC_OPTION_STRING, "\"runs/default\"", "the run directory (created; resolved.toml and logs go there)"},
+      {"seed", CFAMC_OPTION_INT, "0", "seed of every random stream of the run"},
+      {"device", CFAMC_OPTION_STRING, "\"auto\"", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\""},
+  };
+}
+
+Schema attack_schedule_schema() {
+  return {
+      {"from_epoch", CFAMC_OPTION_INT, std::nullopt, "the epoch from which this entry's attack trains"},
+      {"attack", CFAMC_OPTION_STRING, std::nullopt, "an [attacks.<id>] id, or \"none\" for clean training"},
+  };
+}
+
+Schema plugins_section_schema() {
+  return {{"paths", CFAMC_OPTION_STRING_LIST, "[]",
+           "extra plugin directories or files, searched before CFAMC_PLUGIN_PATH and the installed plugins; "
+           "relative to the run file's folder (to the working directory when given with --set)"}};
+}
+
+RunConfig resolve_host_sections(const RunFile& run_file) {
+  for (const auto& [key, node] : run_file.table) {
+    const std::string name(key.str());
+    if (std::find(kSections.begin(), kSections.end(), name) == kSections.end()) {
+      std::string message = location_of(key.source(), run_file.file) + ": unknown section '" + name + "'";
+      if (auto guess = nearest(name, kSections)) message += "; did you mean '" + *guess + "'?";
+      fail(ExitCode::usage, message);
+    }
+  }
+  RunConfig config;
+  config.file = run_file.file;
+  read_run_and_plugins(config, run_file);
+  config.data_table = resolve_options(section_table(run_file, "data"), data_schema(), "data", run_file.file);
+  config.data = data_config_from(config.data_table);
+  config.train_table = resolve_options(section_table(run_file, "train"), train_schema(), "train", run_file.file);
+  config.train = train_config_from(config.train_table);
+  read_views(config, run_file);
+  config.components = component_places(run_file);
+  read_attack_schedule(config, run_file);
+  return config;
+}
+
+const ComponentConfig* RunConfig::named_attack(const std::string& id) const {
+  for (const auto& c : components)
+    if (c.role == Role::named_attack && c.id == id) return &c;
+  return nullptr;
+}
+
+TrainingAttackConfig RunConfig::training_attack() const {
+  const ComponentConfig* c = find(Role::training_attack);
+  if (c == nullptr) return TrainingAttackConfig{};
+  return training_attack_config_from(c->host_options, file);
+}
+
+const ViewRecipe* RunConfig::view(const std::string& name) const {
+  for (const auto& v : views)
+    if (v.name == name) return &v;
+  return nullptr;
+}
+
+const ComponentConfig* RunConfig::find(Role role) const {
+  for (const auto& c : components)
+    if (c.role == role) return &c;
+  return nullptr;
+}
+
+toml::table RunConfig::resolved() const {
+  toml::table out;
+  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}});
+  toml::array paths;
+  for (const auto& p : plugin_paths) paths.push_back(p);
+  out.insert("plugins", toml::table{{"paths", paths}});
+  out.insert("data", data_table);
+  out.insert("train", train_table);
+  if (!views_table.empty()) out.insert("views", views_table);
+  toml::array evaluators;
+  toml::table attacks;
+  for (const auto& c : components) {
+    toml::table t = c.options;
+    t.insert("plugin", c.plugin);
+    for (const auto& [key, value] : c.host_options) t.insert(key, value);
+    switch (c.role) {
+      case Role::evaluator: {
+        t.insert("id", c.id);
+        t.insert("control", c.control);
+        toml::array ids;
+        for (const auto& id : c.attacks) ids.push_back(id);
+        t.insert("attacks", std::move(ids));
+        evaluators.push_back(std::move(t));
+        break;
+      }
+      case Role::named_attack: attacks.insert(c.id, std::move(t)); break;
+      default: out.insert(c.label, std::move(t));
+    }
+  }
+  if (!evaluators.empty()) out.insert("evaluate", std::move(evaluators));
+  if (!attacks.empty()) out.insert("attacks", std::move(attacks));
+  if (!attack_schedule_table.empty()) out.insert("attack_schedule", attack_schedule_table);
+  return out;
+}
+
+uint64_t component_seed(int64_t run_seed, const std::string& label) {
+  // FNV-1a of the label, then one splitmix64 round: stable across platforms and releases.
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : label) h = (h ^ ch) * 1099511628211ull;
+  uint64_t z = static_cast<uint64_t>(run_seed) ^ h;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace cfamc::host

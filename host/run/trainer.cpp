@@ -1,0 +1,301 @@
+#include "run/trainer.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <fstream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "augment/views.hpp"
+#include "data/datasets.hpp"
+#include "data/sampler.hpp"
+#include "failure.hpp"
+#include "log.hpp"
+#include "run/assembly.hpp"
+#include "run/evaluation.hpp"
+#include "run/run_config.hpp"
+#include "run/run_dir.hpp"
+#include "run/run_state.hpp"
+#include "train/checkpoint.hpp"
+#include "train/progress.hpp"
+#include "train/schedule.hpp"
+#include "train/train_step.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace cfamc::host {
+namespace {
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+DatasetSplit prepare_split(ImageSet set, int64_t subset, const DataConfig& config, const std::string& device) {
+  if (subset > 0 && subset < set.images.size(0)) {
+    set.images = set.images.slice(0, 0, subset);
+    set.labels = set.labels.slice(0, 0, subset);
+  }
+  if (config.channels == "rgb" && set.images.size(1) == 1) set.images = set.images.expand({-1, 3, -1, -1});
+  return DatasetSplit{set.images.contiguous().to(device), set.labels.to(device)};
+}
+
+EvaluationData load_data(const DataConfig& config, const std::string& device) {
+  const DatasetSpec spec{config.dataset, config.root};
+  EvaluationData data;
+  data.train = prepare_split(load_split(spec, config.train_split), config.train_subset, config, device);
+  data.test = prepare_split(load_split(spec, "test"), config.test_subset, config, device);
+  log(LogLevel::info, config.dataset + ": " + std::to_string(data.train.images.size(0)) + " training and " +
+                          std::to_string(data.test.images.size(0)) + " test images of " +
+                          c10::str(data.train.images.sizes().slice(1)) + " on " + device);
+  return data;
+}
+
+TensorMap trainable(const Assembly& a) {
+  TensorMap out;
+  for (const auto& item : a.backbone->tensors(CFAMC_ROLE_PARAMETER)) out.insert("backbone/" + item.key(), item.value());
+  for (const auto& item : a.objective->tensors(CFAMC_ROLE_PARAMETER)) out.insert("objective/" + item.key(), item.value());
+  return out;
+}
+
+void append_line(const fs::path& file, const json& line) {
+  std::ofstream out(file, std::ios::app);
+  out << line.dump() << "\n";
+}
+
+json schedule_json(const RunConfig& config) {
+  json entries = json::array();
+  for (const auto& e : config.attack_schedule) entries.push_back({{"from_epoch", e.from_epoch}, {"attack", e.attack}});
+  return entries;
+}
+
+// One run, top to bottom: start (fresh with the untrained controls, or resumed), train, evaluate, summarise.
+class TrainingRun {
+ public:
+  TrainingRun(const RunConfig& config, const Registry& registry, const RunRequest& request);
+  void start();
+  bool train();  // false: stopped early by --until-step
+  void finish();
+
+ private:
+  const Attack* attack_at(int64_t epoch) const;
+  std::string describe() const;
+  TensorMap next_inputs();
+  void after_step(const LossResult& result, bool stop_now);
+  void log_metrics(const LossResult& result);
+  double schedule_lr(int64_t update) const;
+
+  const RunConfig& config_;
+  const Registry& registry_;
+  const RunRequest& request_;
+  const Clock::time_point wall_start_ = Clock::now();
+  const TrainingAttackConfig attack_config_;
+  EvaluationData data_;
+  Assembly assembly_;
+  std::vector<const ViewRecipe*> groups_;
+  int64_t views_per_image_ = 0;
+  TrainConfig train_;
+  EpochSampler sampler_;
+  int64_t steps_per_epoch_, total_, updates_total_;
+  Optimizer optimizer_;
+  at::Generator augment_;
+  RunState state_;
+  TrainStep step_runner_;
+  int64_t step_ = 0, first_step_ = 0;
+  json untrained_ = json::object();
+  std::optional<fs::path> last_checkpoint_;
+  const Attack* current_attack_ = nullptr;
+  Clock::time_point train_start_;
+  double train_seconds_ = 0;
+  std::optional<Progress> progress_;
+};
+
+TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, const RunRequest& request)
+    : config_(config),
+      registry_(registry),
+      request_(request),
+      attack_config_(config.training_attack()),
+      data_(load_data(config.data, request.device)),
+      assembly_(assemble(config, registry, request.device)),
+      groups_(view_groups_of(config, *assembly_.objective)),
+      train_(config.train),
+      sampler_(data_.train.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
+      steps_per_epoch_(sampler_.steps_per_epoch()),
+      total_(total_steps(train_, steps_per_epoch_)),
+      optimizer_(train_.optimizer, trainable(assembly_)),
+      augment_(at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"))),
+      state_(config, assembly_, optimizer_, augment_),
+      step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_,
+                   [this](int64_t update) { return schedule_lr(update); }) {
+  for (const ViewRecipe* recipe : groups_) views_per_image_ += recipe->count;
+  set_steps_per_epoch(train_, steps_per_epoch_);
+  // With m replays every minibatch makes m updates; the schedule spans them all, unless the reference's
+  // quirk is asked for (its schedule length ignores m, so the cosine runs past its end).
+  const int32_t replays = assembly_.attack ? assembly_.attack->replays() : 1;
+  updates_total_ = train_.free_schedule_undivided ? total_ : total_ * replays;
+}
+
+double TrainingRun::schedule_lr(int64_t update) const {
+  return learning_rate(train_.schedule, train_.lr, update, updates_total_);
+}
+
+void TrainingRun::start() {
+  const fs::path checkpoints = request_.run_dir / "checkpoints";
+  const fs::path untrained_file = request_.run_dir / "eval_untrained.json";
+  last_checkpoint_ = request_.resume ? newest_checkpoint(checkpoints) : std::nullopt;
+  if (last_checkpoint_) {
+    step_ = first_step_ = state_.restore(*last_checkpoint_);
+    log(LogLevel::info, "resumed from " + last_checkpoint_->string() + " at step " + std::to_string(step_));
+    if (std::ifstream in(untrained_file); in) untrained_ = json::parse(in, nullptr, false);
+    return;
+  }
+  if (request_.resume) log(LogLevel::warn, "--resume: no checkpoint in " + checkpoints.string() + "; starting fresh");
+  if (const auto existing = newest_checkpoint(checkpoints); existing && !request_.fresh) {
+    fail(ExitCode::usage, "run directory " + request_.run_dir.string() + " already holds checkpoints (" +
+                              existing->string() + "); continue it with --resume, start over with --fresh, or set another run.dir");
+  }
+  remove_tree(checkpoints);
+  fs::remove(request_.run_dir / "metrics.jsonl");
+  const Evaluation controls =
+      assemble_evaluation(config_, registry_, request_.device, assembly_.backbone->feature_dim(), /*controls_only=*/true);
+  untrained_ = run_evaluation(controls, assembly_, data_, config_, request_.run_dir, "_untrained");
+  write_file_atomically(untrained_file, untrained_.dump(2));
+}
+
+// The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
+const Attack* TrainingRun::attack_at(int64_t epoch) const {
+  const Attack* chosen = (assembly_.attack && epoch >= attack_config_.from_epoch) ? assembly_.attack.get() : nullptr;
+  for (const auto& entry : config_.attack_schedule) {
+    if (epoch < entry.from_epoch) break;
+    chosen = assembly_.named_attack(entry.attack);
+  }
+  return chosen;
+}
+
+TensorMap TrainingRun::next_inputs() {
+  const at::Tensor indices = sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_).to(request_.device);
+  const at::Tensor images = data_.train.images.index_select(0, indices);
+  TensorMap views;
+  for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_));
+  return assembly_.objective->prepare(views, indices);
+}
+
+std::string TrainingRun::describe() const {
+  std::string attack = ", clean";
+  if (assembly_.attack) {
+    const int32_t replays = assembly_.attack->replays();
+    attack = ", attack " + assembly_.attack->info().name +
+             (attack_config_.from_epoch > 0 ? " from epoch " + std::to_string(attack_config_.from_epoch) : "") +
+             (replays > 1 ? ", " + std::to_string(replays) + " replays per minibatch" : "");
+  }
+  return "training " + std::to_string(total_) + " steps (" + std::to_string(steps_per_epoch_) + " per epoch) of " +
+         std::to_string(train_.batch_size) + " images x " + std::to_string(views_per_image_) + " views" + attack;
+}
+
+bool TrainingRun::train() {
+  log(LogLevel::info, describe());
+  progress_.emplace(step_, total_);
+  assembly_.backbone->set_training(true);
+  assembly_.objective->set_training(true);
+  if (assembly_.attack) assembly_.attack->set_training(true);
+  train_start_ = Clock::now();
+  while (step_ < total_) {
+    const Attack* attack = attack_at(step_ / steps_per_epoch_);
+    if (attack != current_attack_ || step_ == first_step_) {
+      log(LogLevel::info, "epoch " + std::to_string(step_ / steps_per_epoch_) + ": training " +
+                              (attack ? "with attack " + attack->who() : std::string("clean")));
+      current_attack_ = attack;
+    }
+    const LossResult result = step_runner_.run(next_inputs(), attack);
+    ++step_;
+    const bool stop_now = step_ == request_.until_step;
+    after_step(result, stop_now);
+    if (stop_now && step_ < total_) {
+      progress_->finish();
+      log(LogLevel::info, "stopped after step " + std::to_string(step_) + " as asked (--until-step); continue with --resume");
+      return false;
+    }
+  }
+  progress_->finish();
+  train_seconds_ = seconds_since(train_start_);
+  return true;
+}
+
+// Logging and checkpoints, where the device is read: divergence is checked here too, so no checkpoint is
+// ever written from NaN weights and the hot path has no synchronisation.
+void TrainingRun::after_step(const LossResult& result, bool stop_now) {
+  const bool log_now = step_ % train_.log_every == 0 || step_ == total_;
+  const bool checkpoint_now =
+      (train_.checkpoint_every > 0 && step_ % train_.checkpoint_every == 0) || step_ == total_ || stop_now;
+  if (!log_now && !checkpoint_now) {
+    progress_->update(step_, "", false);
+    return;
+  }
+  if (step_runner_.diverged()) {
+    progress_->finish();
+    fail(ExitCode::diverged, "the training loss became NaN or infinite at or before step " + std::to_string(step_) +
+                                 "; the last good checkpoint is " +
+                                 (last_checkpoint_ ? last_checkpoint_->string() : std::string("none")));
+  }
+  if (log_now) log_metrics(result);
+  if (checkpoint_now) {
+    last_checkpoint_ =
+        save_checkpoint(request_.run_dir / "checkpoints", step_, state_.gather(step_), train_.keep_checkpoints);
+  }
+}
+
+void TrainingRun::log_metrics(const LossResult& result) {
+  const double images_per_s =
+      static_cast<double>((step_ - first_step_) * train_.batch_size) / std::max(seconds_since(train_start_), 1e-9);
+  json line = {{"step", step_},
+               {"epoch", static_cast<double>(step_) / static_cast<double>(steps_per_epoch_)},
+               {"lr", schedule_lr(optimizer_.updates() - 1)},
+               {"loss", result.loss.item<double>()},
+               {"images_per_s", images_per_s}};
+  for (const auto& item : result.scalars) line[item.key()] = item.value().item<double>();
+  append_line(request_.run_dir / "metrics.jsonl", line);
+  char detail[64];
+  std::snprintf(detail, sizeof(detail), "loss %.4f", line["loss"].get<double>());
+  progress_->update(step_, detail, true);
+}
+
+void TrainingRun::finish() {
+  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.run_dir, "");
+  for (auto& [id, metrics] : untrained_.items()) eval[id] = metrics;
+  const StepCounts& counts = step_runner_.counts();
+  const double images = static_cast<double>((step_ - first_step_) * train_.batch_size);
+  const double crops = static_cast<double>(counts.backward_passes * train_.batch_size * views_per_image_);
+  json run = {{"seed", config_.seed},
+              {"device", request_.device},
+              {"run_file", config_.file},
+              {"versions", {{"cfamc", CFAMC_VERSION}, {"libtorch", CFAMC_TORCH_VERSION}, {"cuda_build", CFAMC_TORCH_CUDA_VERSION}}},
+              {"wall_seconds", seconds_since(wall_start_)},
+              {"resumed_from_step", first_step_},
+              {"attack", assembly_.attack ? assembly_.attack->info().name : std::string("none")},
+              {"attack_schedule", schedule_json(config_)}};
+  json train = {{"steps", step_},
+                {"steps_per_epoch", steps_per_epoch_},
+                {"replays", assembly_.attack ? assembly_.attack->replays() : 1},
+                {"optimizer_updates", optimizer_.updates()},
+                {"attack_calls", counts.attack_calls},
+                {"oracle_calls", counts.oracle_calls},
+                {"training_backward_passes", counts.backward_passes},
+                {"seconds", train_seconds_},
+                {"images_per_s", images / std::max(train_seconds_, 1e-9)},
+                {"crops_per_s", crops / std::max(train_seconds_, 1e-9)}};
+  const json summary = {{"run", run}, {"train", train}, {"eval", eval}};
+  write_file_atomically(request_.run_dir / "summary.json", summary.dump(2) + "\n");
+  log(LogLevel::info, "summary: " + (request_.run_dir / "summary.json").string());
+}
+
+}  // namespace
+
+void run_training(const RunConfig& config, const Registry& registry, const RunRequest& request) {
+  TrainingRun run(config, registry, request);
+  run.start();
+  if (run.train()) run.finish();
+}
+
+}  // namespace cfamc::host

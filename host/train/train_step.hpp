@@ -1,0 +1,57 @@
+// One training step on one minibatch, as both the run's loop and bench/train_step run it: for each replay
+// of the attack (once when training clean) attack -> loss -> backward -> observe -> update.
+#pragma once
+
+#include <functional>
+
+#include "plugins/components.hpp"
+#include "train/optimizer.hpp"
+
+namespace cfamc::host {
+
+// What the steps so far have done, for summary.json.
+struct StepCounts {
+  int64_t attack_calls = 0, oracle_calls = 0, backward_passes = 0;
+};
+
+// The phases of a step, for an observer that times them (bench/train_step); the loop has none.
+enum class StepPhase { attack, forward_backward, optimizer };
+
+class TrainStep {
+ public:
+  using LearningRate = std::function<double(int64_t update)>;
+  using PhaseObserver = std::function<void(StepPhase finished)>;
+
+  TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer,
+            TrainingAttackConfig attack_config, LearningRate learning_rate);
+
+  // Trains on `inputs` (the objective's prepared minibatch) against `attack` (null: clean) and returns the
+  // last replay's loss. Failure(plugin) when the objective names an attacked input it did not prepare.
+  LossResult run(const TensorMap& inputs, const Attack* attack);
+
+  // Whether any loss so far was NaN or infinite. Reads the device: call it at log and checkpoint steps only.
+  bool diverged() const;
+  const StepCounts& counts() const { return counts_; }
+  void set_phase_observer(PhaseObserver observer) { observer_ = std::move(observer); }
+
+ private:
+  TensorMap attacked_inputs(const TensorMap& inputs) const;
+  TensorMap perturb(const Attack& attack, const TensorMap& inputs);
+  LossResult replay(const TensorMap& inputs, const Attack* attack);
+  void set_encoder_training(bool training);
+  void finished(StepPhase phase) const {
+    if (observer_) observer_(phase);
+  }
+
+  Backbone& backbone_;
+  Objective& objective_;
+  Optimizer& optimizer_;
+  TrainingAttackConfig attack_config_;
+  LearningRate learning_rate_;
+  std::vector<std::string> attacked_;
+  at::Tensor nonfinite_;  // on the loss's device, so that no step waits for it
+  StepCounts counts_;
+  PhaseObserver observer_;
+};
+
+}  // namespace cfamc::host
