@@ -17,9 +17,14 @@ std::vector<CurvePoint> robustness_curve(const nlohmann::json& metrics,
     if (robust.contains(attack) && robust[attack].is_number()) curve.push_back({attack, epsilon, robust[attack].get<double>()});
   }
   if (curve.empty()) return curve;
-  if (metrics.contains("accuracy") && metrics["accuracy"].is_number()) {
-    curve.push_back({"clean", 0.0, metrics["accuracy"].get<double>()});
+  // The clean point is measured on the images the attacks saw, when they saw a subset.
+  const nlohmann::json* clean = nullptr;
+  if (metrics.contains("robust_subset") && metrics["robust_subset"].contains("clean_accuracy")) {
+    clean = &metrics["robust_subset"]["clean_accuracy"];
+  } else if (metrics.contains("accuracy")) {
+    clean = &metrics["accuracy"];
   }
+  if (clean != nullptr && clean->is_number()) curve.push_back({"clean", 0.0, clean->get<double>()});
   std::sort(curve.begin(), curve.end(), [](const CurvePoint& a, const CurvePoint& b) { return a.epsilon < b.epsilon; });
   return curve;
 }

@@ -11,7 +11,7 @@
 namespace cfamc::host {
 
 struct CurvePoint {
-  std::string attack;  // "clean" for the unattacked accuracy at epsilon 0
+  std::string attack;  // "clean" for the unattacked accuracy at epsilon 0, on the attacked images
   double epsilon;
   double accuracy;
 };

@@ -2,7 +2,8 @@
 // (the backbone output or the objective's representation), reporting top-1 accuracy on the test split.
 // `linear_probe` uses each image's feature; `multicrop` the mean feature of N augmented views of each
 // image (EMP-SSL's bag-of-features), from a view group of the run file. Both report robust accuracy
-// under the evaluator's attacks, end to end (for multicrop, through the views and their mean).
+// under the evaluator's attacks, end to end (for multicrop, through the views and their mean), on the first
+// `robust_max_images` test images, together with the clean accuracy of exactly those images.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -25,7 +26,8 @@ class LinearEvaluation : public cfamc::Evaluator {
         cfamc::option("encode_batch_size", CFAMC_OPTION_INT, "256", "images encoded at once"),
         cfamc::option("train_split", CFAMC_OPTION_STRING, "\"train\"", "the split the head is trained on"),
         cfamc::option("test_split", CFAMC_OPTION_STRING, "\"test\"", "the split the accuracy is measured on"),
-        cfamc::option("robust_max_images", CFAMC_OPTION_INT, "0", "test images attacked per attack; 0: all"),
+        cfamc::option("robust_max_images", CFAMC_OPTION_INT, "0",
+                      "attack only the first N test images (their clean accuracy: robust_subset/clean_accuracy); 0: all"),
         cfamc::option("robust_batch_size", CFAMC_OPTION_INT, "100", "images attacked at once"),
         cfamc::option("robust_head_attack", CFAMC_OPTION_STRING, "\"\"",
                       "an attack id of this evaluator: also train a robust head adversarially through the frozen encoder"),
@@ -101,12 +103,15 @@ class LinearEvaluation : public cfamc::Evaluator {
     }
     const auto attacks = services.attack_ids();
     if (attacks.empty()) return;
-    report_robustness(services, head, test_images, test_labels, attacks, "");
+    const TestSplit test{test_images, test_features, test_labels};
+    report_robustness(services, head, test, attacks, "");
     if (!robust_head_attack_.empty()) {
       torch::nn::Linear robust = train_robust_head(services, head, train_images, train_labels);
-      torch::NoGradGuard no_grad;
-      services.report("robust_head/accuracy", accuracy(robust, test_features, test_labels));
-      report_robustness(services, robust, test_images, test_labels, attacks, "robust_head/");
+      {
+        torch::NoGradGuard no_grad;
+        services.report("robust_head/accuracy", accuracy(robust, test_features, test_labels));
+      }
+      report_robustness(services, robust, test, attacks, "robust_head/");
     }
   }
 
@@ -116,27 +121,38 @@ class LinearEvaluation : public cfamc::Evaluator {
   cfamc_feature feature() const { return feature_; }
 
  private:
+  struct TestSplit {
+    const at::Tensor& images;
+    const at::Tensor& features;  // the clean features, as `accuracy` uses them
+    const at::Tensor& labels;
+  };
+
   // Robust accuracy under each attack, and the worst case over them (a sample counts only if no attack
-  // fools the classifier), as AutoAttack reports it.
-  void report_robustness(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
-                         const at::Tensor& labels, const std::vector<std::string>& attacks, const std::string& prefix) const {
-    at::Tensor all_correct;
+  // fools the classifier), as AutoAttack reports it: on the attacked images alone, so beside it goes their
+  // clean accuracy and number, and an image counts as robust only if it is classified correctly clean too
+  // (a random start, or multicrop's fresh views, could otherwise make a clean mistake look robust).
+  void report_robustness(const cfamc::EvalServices& services, torch::nn::Linear& head, const TestSplit& test,
+                         const std::vector<std::string>& attacks, const std::string& prefix) const {
+    const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, test.images.size(0)) : test.images.size(0);
+    const at::Tensor images = test.images.slice(0, 0, n), labels = test.labels.slice(0, 0, n);
+    const at::Tensor clean_correct = correct_predictions(head, test.features.slice(0, 0, n), labels);
+    services.report(prefix + "robust_subset/clean_accuracy", fraction(clean_correct));
+    services.report(prefix + "robust_subset/images", static_cast<double>(n));
+    at::Tensor all_correct = clean_correct;
     for (const auto& id : attacks) {
-      const at::Tensor correct = robust_correct(services, head, images, labels, id);
-      services.report(prefix + "robust_accuracy/" + id, correct.to(torch::kDouble).mean().item<double>());
-      all_correct = all_correct.defined() ? all_correct.logical_and(correct) : correct;
+      const at::Tensor correct = robust_correct(services, head, images, labels, id).logical_and(clean_correct);
+      services.report(prefix + "robust_accuracy/" + id, fraction(correct));
+      all_correct = all_correct.logical_and(correct);
     }
-    if (attacks.size() > 1) {
-      services.report(prefix + "robust_accuracy/worst_case", all_correct.to(torch::kDouble).mean().item<double>());
-    }
+    if (attacks.size() > 1) services.report(prefix + "robust_accuracy/worst_case", fraction(all_correct));
   }
 
-  // Per test image: still classified correctly under attack `id`, end to end through the frozen encoder
-  // (eval mode) and `head`. The attack maximises the per-sample cross-entropy of the classifier.
+  // Per image: classified correctly under attack `id`, end to end through the frozen encoder (eval mode)
+  // and `head`. The attack maximises the per-sample cross-entropy of the classifier.
   at::Tensor robust_correct(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
                             const at::Tensor& labels, const std::string& id) const {
     services.set_encoder_training(false);
-    const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, images.size(0)) : images.size(0);
+    const int64_t n = images.size(0);
     std::vector<at::Tensor> correct;
     for (int64_t start = 0; start < n; start += robust_batch_size_) {
       const int64_t end = std::min(n, start + robust_batch_size_);
@@ -205,9 +221,16 @@ class LinearEvaluation : public cfamc::Evaluator {
     return torch::cat(out, 0);
   }
 
-  static double accuracy(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {
-    return head->forward(features).argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
+  static at::Tensor correct_predictions(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {
+    torch::NoGradGuard no_grad;
+    return head->forward(features).argmax(1).eq(labels);
   }
+
+  static double accuracy(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {
+    return fraction(correct_predictions(head, features, labels));
+  }
+
+  static double fraction(const at::Tensor& correct) { return correct.to(torch::kDouble).mean().item<double>(); }
 
   int64_t epochs_, batch_size_;
   bool adam_;
