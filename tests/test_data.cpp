@@ -4,6 +4,12 @@
 
 #include <zlib.h>
 
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <functional>
+#include <vector>
+
 #include "data/datasets.hpp"
 #include "data/sampler.hpp"
 #include "failure.hpp"
@@ -32,6 +38,21 @@ void write_gzip(const std::filesystem::path& file, const std::string& bytes) {
   gzFile out = gzopen(file.c_str(), "wb");
   gzwrite(out, bytes.data(), static_cast<unsigned>(bytes.size()));
   gzclose(out);
+}
+
+// `bytes` as one gzip member, deflated in memory.
+std::string gzip(const std::string& bytes) {
+  z_stream z{};
+  deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+  std::string out(deflateBound(&z, bytes.size()), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
+  z.avail_in = static_cast<uInt>(bytes.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  deflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
 }
 
 std::string data_failure(const std::function<void()>& body) {
@@ -80,7 +101,124 @@ TEST_CASE("bad IDX files exit with a data error naming the file", "[data]") {
   CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); }), Contains("expected 10 labels"));
 }
 
-TEST_CASE("CIFAR binary batches load; a partial record is refused", "[data]") {
+// A message for one line of stderr: printable, no line breaks.
+bool one_printable_line(const std::string& message) {
+  return std::all_of(message.begin(), message.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+TEST_CASE("IDX labels outside the classes are refused naming the file, label and index", "[data]") {
+  cfamc::test::TempDir dir;
+  auto [images, labels] = idx_files(12, 2, 2);
+  dir.write("train-images-idx3-ubyte", images);
+  dir.write("t10k-images-idx3-ubyte", images);
+  std::string bad_train = labels, bad_test = labels;
+  bad_train[8 + 3] = char(200);
+  bad_test[8 + 5] = char(10);
+  const auto train_labels = dir.write("train-labels-idx1-ubyte", bad_train);
+  const auto test_labels = dir.write("t10k-labels-idx1-ubyte", bad_test);
+  const std::string train = data_failure([&] { load_split({"fashion_mnist", dir.path().string()}, "train"); });
+  CHECK_THAT(train, Contains(train_labels.string()) && Contains("label 200") && Contains("index 3"));
+  const std::string test = data_failure([&] { load_split({"mnist", dir.path().string()}, "test"); });
+  CHECK_THAT(test, Contains(test_labels.string()) && Contains("label 10") && Contains("index 5"));
+}
+
+TEST_CASE("an IDX image header with a zero dimension is refused", "[data]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.path() / "train-images-idx3-ubyte";
+  for (const auto& [n, r, c] : std::vector<std::array<uint32_t, 3>>{{10, 0, 0}, {3, 0, 5}, {3, 5, 0}, {0, 2, 2}}) {
+    const auto [images, labels] = idx_files(n, r, c);
+    dir.write("train-images-idx3-ubyte", images);
+    dir.write("train-labels-idx1-ubyte", labels);
+    CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); }), Contains(file.string()));
+  }
+}
+
+TEST_CASE("an IDX header whose size overflows is refused naming the file", "[data]") {
+  cfamc::test::TempDir dir;
+  const uint32_t huge = 1u << 31;
+  const auto file =
+      dir.write("train-images-idx3-ubyte", big_endian(0x803) + big_endian(huge) + big_endian(huge) + big_endian(huge));
+  dir.write("train-labels-idx1-ubyte", big_endian(0x801) + big_endian(huge));
+  CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); }),
+             Contains(file.string()) && Contains("2147483648"));
+  // Representable but more than a small gzip can inflate to: refused before anything is allocated.
+  const uint32_t big = 1u << 16;
+  write_gzip(file.string() + ".gz", big_endian(0x803) + big_endian(big) + big_endian(big) + big_endian(big));
+  std::filesystem::remove(file);
+  CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); }), Contains(file.string() + ".gz"));
+}
+
+TEST_CASE("a corrupt gzip IDX file is refused in one line naming the file", "[data]") {
+  cfamc::test::TempDir dir;
+  const auto [images, labels] = idx_files(10, 4, 4);
+  dir.write("train-labels-idx1-ubyte", labels);
+  std::string packed = gzip(images);
+  packed[packed.size() - 8] ^= 0x5a;  // the CRC-32 in the trailer
+  const auto file = dir.write("train-images-idx3-ubyte.gz", packed);
+  const std::string crc = data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); });
+  CHECK_THAT(crc, Contains(file.string()) && Contains("incorrect data check"));
+  CHECK(one_printable_line(crc));
+  packed = gzip(images);
+  packed[12] ^= 0xff;  // inside the deflate stream
+  dir.write("train-images-idx3-ubyte.gz", packed);
+  const std::string body = data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); });
+  CHECK_THAT(body, Contains(file.string()));
+  CHECK(one_printable_line(body));
+}
+
+TEST_CASE("a gzip IDX file is never inflated past what its header announces", "[data]") {
+  cfamc::test::TempDir dir;
+  const auto [images, labels] = idx_files(10, 28, 28);
+  dir.write("train-labels-idx1-ubyte", labels);
+  // 200 MB of zeros after the announced images; gzip members concatenate, so one 1 MB member repeated
+  // keeps the fixture small and quick to write.
+  const std::string megabyte = gzip(std::string(1 << 20, '\0'));
+  std::string bomb = gzip(images);
+  for (int i = 0; i < 200; ++i) bomb += megabyte;
+  const auto file = dir.write("train-images-idx3-ubyte.gz", bomb);
+  REQUIRE(std::filesystem::file_size(file) < 1'000'000);
+  const auto start = std::chrono::steady_clock::now();
+  const std::string message = data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); });
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+  CHECK_THAT(message, Contains(file.string()) && Contains("header announces 10 images of 28x28") && Contains("more"));
+  CHECK(took.count() < 0.1);  // inflating the 200 MB takes several times that
+  dir.write("train-images-idx3-ubyte.gz", gzip(images.substr(0, images.size() - 1)));
+  CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, "train"); }),
+             Contains(file.string()) && Contains("header announces 10 images"));
+}
+
+TEST_CASE("training and test IDX images of different sizes are refused naming both files", "[data]") {
+  cfamc::test::TempDir dir;
+  const auto [train_images, train_labels] = idx_files(6, 4, 3);
+  const auto [test_images, test_labels] = idx_files(6, 5, 3);
+  const auto train = dir.write("train-images-idx3-ubyte", train_images);
+  dir.write("train-labels-idx1-ubyte", train_labels);
+  write_gzip(dir.path() / "t10k-images-idx3-ubyte.gz", test_images);
+  const auto test = dir.path() / "t10k-images-idx3-ubyte.gz";
+  dir.write("t10k-labels-idx1-ubyte", test_labels);
+  for (const char* split : {"train", "test"}) {
+    CHECK_THAT(data_failure([&] { load_split({"mnist", dir.path().string()}, split); }),
+               Contains(train.string()) && Contains(test.string()));
+  }
+}
+
+TEST_CASE("CIFAR and STL-10 labels out of range name the file, label and index", "[data]") {
+  cfamc::test::TempDir dir;
+  std::string record(1 + 3072, '\0');
+  std::string batch = record + record + record;
+  batch[record.size()] = char(10);
+  const auto cifar = dir.write("test_batch.bin", batch);
+  CHECK_THAT(data_failure([&] { load_split({"cifar10", dir.path().string()}, "test"); }),
+             Contains(cifar.string()) && Contains("label 10") && Contains("index 1"));
+  dir.write("test_X.bin", std::string(2 * 3 * 96 * 96, '\0'));
+  for (const char label : {char(0), char(11)}) {
+    const auto y = dir.write("test_y.bin", std::string{char(1), label});
+    CHECK_THAT(data_failure([&] { load_split({"stl10", dir.path().string()}, "test"); }),
+               Contains(y.string()) && Contains("label " + std::to_string(int(label))) && Contains("index 1"));
+  }
+}
+
+TEST_CASE("CIFAR binary batches load, a partial record is refused", "[data]") {
   cfamc::test::TempDir dir;
   std::string record(1 + 3072, '\0');
   std::string batch;
@@ -99,7 +237,7 @@ TEST_CASE("CIFAR binary batches load; a partial record is refused", "[data]") {
              Contains("expected whole CIFAR records of 3073 bytes"));
 }
 
-TEST_CASE("CIFAR-100 reads the fine label; STL-10 is column-major with labels 1..10", "[data]") {
+TEST_CASE("CIFAR-100 reads the fine label, STL-10 is column-major with labels 1..10", "[data]") {
   cfamc::test::TempDir dir;
   std::string record(2 + 3072, '\0');
   record[0] = char(3);   // coarse

@@ -4,8 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
+#include <limits>
 #include <vector>
 
 #include "failure.hpp"
@@ -15,84 +17,219 @@ namespace fs = std::filesystem;
 namespace cfamc::host {
 namespace {
 
-// The whole of a file, gunzipped when it is gzip (zlib reads plain files unchanged).
-std::vector<uint8_t> read_file(const fs::path& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) fail(ExitCode::data, "data file " + file.string() + " does not exist");
-  gzFile in = gzopen(file.c_str(), "rb");
-  if (in == nullptr) fail(ExitCode::data, "cannot open data file " + file.string());
-  std::vector<uint8_t> bytes;
-  std::array<uint8_t, 1 << 16> chunk{};
-  int n = 0;
-  while ((n = gzread(in, chunk.data(), chunk.size())) > 0) bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + n);
-  int error = Z_OK;
-  const char* message = gzerror(in, &error);
-  gzclose(in);
-  if (n < 0 || (error != Z_OK && error != Z_STREAM_END)) {
-    fail(ExitCode::data, "data file " + file.string() + " is corrupt: " + message);
+// Deflate expands at most 1032:1, so a gzip file cannot hold more than this many bytes per stored byte;
+// a header that announces more is refused before anything is allocated or inflated.
+constexpr uint64_t kMaxInflateRatio = 1040;
+
+// A data file read through zlib, which reads plain files unchanged. Reads stop where the caller says, so a
+// small gzip is never inflated past what its header announces.
+class DataFile {
+ public:
+  explicit DataFile(fs::path file) : file_(std::move(file)) {
+    std::error_code ec;
+    if (!fs::is_regular_file(file_, ec)) fail(ExitCode::data, "data file " + file_.string() + " does not exist");
+    size_ = fs::file_size(file_, ec);
+    if (!ec) in_ = gzopen(file_.c_str(), "rb");
+    if (in_ == nullptr) fail(ExitCode::data, "cannot open data file " + file_.string());
   }
-  return bytes;
+  ~DataFile() { gzclose(in_); }
+  DataFile(const DataFile&) = delete;
+  DataFile& operator=(const DataFile&) = delete;
+
+  std::string name() const { return file_.string(); }
+  // The most bytes still to come: the rest of a plain file, or all a gzip file could inflate to.
+  uint64_t room() {
+    constexpr uint64_t kMost = std::numeric_limits<uint64_t>::max();
+    const uint64_t inflated = size_ > kMost / kMaxInflateRatio ? kMost : size_ * kMaxInflateRatio;
+    const uint64_t total = gzdirect(in_) != 0 ? size_ : inflated;
+    return total > consumed_ ? total - consumed_ : 0;
+  }
+
+  // Up to `n` bytes; fewer only where the data ends. A zlib error is a Failure.
+  uint64_t read(void* into, uint64_t n) {
+    uint64_t done = 0;
+    while (done < n) {
+      const auto want = static_cast<unsigned>(std::min<uint64_t>(n - done, 1u << 30));
+      const int got = gzread(in_, static_cast<char*>(into) + done, want);
+      if (got <= 0) break;
+      done += static_cast<uint64_t>(got);
+    }
+    check();
+    consumed_ += done;
+    return done;
+  }
+  bool at_end() {
+    uint8_t byte = 0;
+    return read(&byte, 1) == 0;
+  }
+
+ private:
+  void check() {
+    int error = Z_OK;
+    const char* text = gzerror(in_, &error);
+    if (error == Z_OK) return;
+    // Copied here: gzclose (in the destructor, as the Failure leaves) frees zlib's text.
+    std::string reason = text == nullptr ? "unknown error" : text;
+    const std::string prefix = file_.string() + ": ";  // zlib names the file itself; once is enough
+    if (reason.rfind(prefix, 0) == 0) reason.erase(0, prefix.size());
+    std::replace_if(reason.begin(), reason.end(), [](char c) { return c < 0x20 || c == 0x7f; }, ' ');
+    fail(ExitCode::data, "data file " + file_.string() + " is corrupt (" + reason + ")");
+  }
+
+  fs::path file_;
+  uint64_t size_ = 0, consumed_ = 0;
+  gzFile in_ = nullptr;
+};
+
+// The next `bytes` bytes as a uint8 tensor of `shape`, insisting the data ends there; `announced` says
+// what the header promised. Nothing is allocated for a payload the file cannot hold.
+at::Tensor read_payload(DataFile& in, at::IntArrayRef shape, uint64_t bytes, const std::string& announced) {
+  if (bytes > in.room()) {
+    fail(ExitCode::data, in.name() + ": " + announced + " but the file is too small to hold them (" +
+                             std::to_string(in.room()) + " bytes at most)");
+  }
+  at::Tensor payload = at::empty(shape, at::kByte);
+  const uint64_t got = in.read(payload.data_ptr(), bytes);
+  if (got < bytes) {
+    fail(ExitCode::data,
+         in.name() + ": " + announced + " but the data ends " + std::to_string(bytes - got) + " bytes short");
+  }
+  if (!in.at_end()) fail(ExitCode::data, in.name() + ": " + announced + " but the file holds more data after them");
+  return payload;
 }
 
-// The first existing of `stem` and `stem.gz` in `root`.
-fs::path find_variant(const fs::path& root, const std::string& stem) {
+// The first existing of `stem` and `stem.gz` in `root`; empty when neither exists.
+fs::path existing_variant(const fs::path& root, const std::string& stem) {
   for (const std::string& name : {stem, stem + ".gz"}) {
     std::error_code ec;
     if (fs::is_regular_file(root / name, ec)) return root / name;
   }
-  fail(ExitCode::data, "data file " + (root / stem).string() + "[.gz] does not exist");
+  return {};
 }
 
-uint32_t big_endian(const std::vector<uint8_t>& b, size_t at) {
-  return (uint32_t(b[at]) << 24) | (uint32_t(b[at + 1]) << 16) | (uint32_t(b[at + 2]) << 8) | uint32_t(b[at + 3]);
+fs::path find_variant(const fs::path& root, const std::string& stem) {
+  fs::path file = existing_variant(root, stem);
+  if (file.empty()) fail(ExitCode::data, "data file " + (root / stem).string() + "[.gz] does not exist");
+  return file;
+}
+
+uint32_t big_endian(const uint8_t* b) {
+  return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
+}
+
+// Reads a header of `words` big-endian words and insists on its magic number.
+std::vector<int64_t> read_header(DataFile& in, size_t words, uint32_t magic, const std::string& kind) {
+  std::array<uint8_t, 16> bytes{};
+  if (in.read(bytes.data(), 4 * words) < 4 * words || big_endian(bytes.data()) != magic) {
+    fail(ExitCode::data, in.name() + ": not an IDX " + kind + " file (expected magic " +
+                             (magic == 0x803 ? "0x00000803" : "0x00000801") + " and a " + std::to_string(4 * words) +
+                             "-byte header)");
+  }
+  std::vector<int64_t> values;
+  for (size_t i = 1; i < words; ++i) values.push_back(big_endian(bytes.data() + 4 * i));
+  return values;
+}
+
+struct IdxImages {
+  int64_t n = 0, rows = 0, cols = 0;
+  uint64_t bytes = 0;  // n * rows * cols
+  std::string announced;
+};
+
+// IDX images: magic 0x00000803 and [N, rows, cols], each at least 1, their product representable.
+IdxImages read_image_header(DataFile& in) {
+  const std::vector<int64_t> h = read_header(in, 4, 0x803, "image");
+  IdxImages images{h[0], h[1], h[2]};
+  images.announced = "header announces " + std::to_string(images.n) + " images of " + std::to_string(images.rows) + "x" +
+                     std::to_string(images.cols);
+  if (images.n == 0 || images.rows == 0 || images.cols == 0) {
+    fail(ExitCode::data, in.name() + ": " + images.announced + " (expected at least one image of at least 1x1)");
+  }
+  int64_t pixels = 0, bytes = 0;
+  if (__builtin_mul_overflow(images.rows, images.cols, &pixels) || __builtin_mul_overflow(images.n, pixels, &bytes)) {
+    fail(ExitCode::data, in.name() + ": " + images.announced + ", more bytes than can be counted; the header is corrupt");
+  }
+  images.bytes = static_cast<uint64_t>(bytes);
+  images.announced += " (" + std::to_string(bytes) + " bytes)";
+  return images;
+}
+
+// Training and test images must be the same size; the other split's header is enough to tell. When the
+// other file is missing its own load says so.
+void check_same_size(const fs::path& root, const std::string& prefix, const DataFile& in, const IdxImages& images) {
+  const bool train = prefix == "train";
+  const fs::path other_file = existing_variant(root, std::string(train ? "t10k" : "train") + "-images-idx3-ubyte");
+  if (other_file.empty()) return;
+  DataFile other(other_file);
+  const IdxImages theirs = read_image_header(other);
+  if (theirs.rows == images.rows && theirs.cols == images.cols) return;
+  const auto size = [](const IdxImages& i) { return std::to_string(i.rows) + "x" + std::to_string(i.cols); };
+  const std::string train_part = (train ? in.name() : other.name()) + " holds " + size(train ? images : theirs);
+  const std::string test_part = (train ? other.name() : in.name()) + " holds " + size(train ? theirs : images);
+  fail(ExitCode::data, "training images " + train_part + " but test images " + test_part + "; they must be the same size");
+}
+
+// Insists every label lies in [first, first + classes); names the first that does not.
+void check_labels(const at::Tensor& labels, int64_t first, int64_t classes, const std::string& file) {
+  const at::Tensor bad = at::nonzero((labels < first) | (labels >= first + classes));
+  if (bad.numel() == 0) return;
+  const int64_t index = bad[0][0].item<int64_t>();
+  fail(ExitCode::data, file + ": label " + std::to_string(labels[index].item<int64_t>()) + " at index " +
+                           std::to_string(index) + " is out of range (expected " + std::to_string(first) + ".." +
+                           std::to_string(first + classes - 1) + ")");
 }
 
 // IDX (MNIST, Fashion-MNIST): magic 0x00000803 for images [N, rows, cols], 0x00000801 for labels [N].
-ImageSet load_idx(const fs::path& root, const std::string& prefix) {
-  const fs::path image_file = find_variant(root, prefix + "-images-idx3-ubyte");
-  const fs::path label_file = find_variant(root, prefix + "-labels-idx1-ubyte");
-  const std::vector<uint8_t> images = read_file(image_file), labels = read_file(label_file);
-  if (images.size() < 16 || big_endian(images, 0) != 0x803) {
-    fail(ExitCode::data, image_file.string() + ": not an IDX image file (expected magic 0x00000803 and a 16-byte header)");
-  }
-  if (labels.size() < 8 || big_endian(labels, 0) != 0x801) {
-    fail(ExitCode::data, label_file.string() + ": not an IDX label file (expected magic 0x00000801 and an 8-byte header)");
-  }
-  const int64_t n = big_endian(images, 4), rows = big_endian(images, 8), cols = big_endian(images, 12);
-  const int64_t n_labels = big_endian(labels, 4);
-  if (static_cast<int64_t>(images.size()) != 16 + n * rows * cols) {
-    fail(ExitCode::data, image_file.string() + ": header announces " + std::to_string(n) + " images of " +
-                             std::to_string(rows) + "x" + std::to_string(cols) + " (" + std::to_string(16 + n * rows * cols) +
-                             " bytes) but the file has " + std::to_string(images.size()) + " bytes");
-  }
-  if (n_labels != n || static_cast<int64_t>(labels.size()) != 8 + n) {
-    fail(ExitCode::data, label_file.string() + ": expected " + std::to_string(n) + " labels (" + std::to_string(8 + n) +
-                             " bytes), found a header of " + std::to_string(n_labels) + " and " +
-                             std::to_string(labels.size()) + " bytes");
-  }
+ImageSet load_idx(const fs::path& root, const std::string& prefix, int64_t classes) {
+  DataFile image_in(find_variant(root, prefix + "-images-idx3-ubyte"));
+  const IdxImages header = read_image_header(image_in);
+  check_same_size(root, prefix, image_in, header);
   ImageSet set;
-  set.images = at::from_blob(const_cast<uint8_t*>(images.data()) + 16, {n, 1, rows, cols}, at::kByte).clone();
-  set.labels = at::from_blob(const_cast<uint8_t*>(labels.data()) + 8, {n}, at::kByte).to(at::kLong);
+  set.images = read_payload(image_in, {header.n, 1, header.rows, header.cols}, header.bytes, header.announced);
+  DataFile label_in(find_variant(root, prefix + "-labels-idx1-ubyte"));
+  const int64_t n_labels = read_header(label_in, 2, 0x801, "label")[0];
+  const std::string expected = "expected " + std::to_string(header.n) + " labels (one per image)";
+  if (n_labels != header.n) {
+    fail(ExitCode::data, label_in.name() + ": " + expected + ", the header announces " + std::to_string(n_labels));
+  }
+  set.labels = read_payload(label_in, {header.n}, static_cast<uint64_t>(header.n), expected).to(at::kLong);
+  check_labels(set.labels, 0, classes, label_in.name());
   return set;
+}
+
+// The whole of a file of whole `record`-byte records, at most `max_records` of them: CIFAR and STL-10
+// are read without a header, so that bound is what stops a small gzip inflating without end.
+std::vector<uint8_t> read_records(const fs::path& file, uint64_t record, uint64_t max_records,
+                                  const std::string& expected) {
+  DataFile in(file);
+  std::vector<uint8_t> bytes;
+  std::array<uint8_t, 1 << 16> chunk{};
+  while (const uint64_t n = in.read(chunk.data(), chunk.size())) {
+    bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(n));
+    if (bytes.size() > record * max_records) {
+      fail(ExitCode::data, in.name() + ": " + expected + ", at most " + std::to_string(max_records) +
+                               " of them; the file holds more");
+    }
+  }
+  if (bytes.empty() || bytes.size() % record != 0) {
+    fail(ExitCode::data, in.name() + ": " + expected + ", file has " + std::to_string(bytes.size()) + " bytes");
+  }
+  return bytes;
 }
 
 // CIFAR binary: records of `label_bytes` label bytes (the last is the class) and 3x32x32 pixels.
 ImageSet load_cifar(const std::vector<fs::path>& files, int64_t label_bytes, int64_t classes) {
   constexpr int64_t kPixels = 3 * 32 * 32;
+  constexpr uint64_t kMaxRecords = 60000;  // the whole of CIFAR-10 or CIFAR-100
   const int64_t record = label_bytes + kPixels;
   std::vector<at::Tensor> images, labels;
   for (const auto& file : files) {
-    std::vector<uint8_t> bytes = read_file(file);
-    if (bytes.empty() || static_cast<int64_t>(bytes.size()) % record != 0) {
-      fail(ExitCode::data, file.string() + ": expected whole CIFAR records of " + std::to_string(record) +
-                               " bytes, file has " + std::to_string(bytes.size()) + " bytes");
-    }
+    std::vector<uint8_t> bytes =
+        read_records(file, record, kMaxRecords, "expected whole CIFAR records of " + std::to_string(record) + " bytes");
     const int64_t n = static_cast<int64_t>(bytes.size()) / record;
     const at::Tensor records = at::from_blob(bytes.data(), {n, record}, at::kByte).clone();
     const at::Tensor label = records.select(1, label_bytes - 1).to(at::kLong);
-    if (label.max().item<int64_t>() >= classes) {
-      fail(ExitCode::data, file.string() + ": a label is >= " + std::to_string(classes) + "; is this the right CIFAR variant?");
-    }
+    check_labels(label, 0, classes, file.string());
     images.push_back(records.slice(1, label_bytes).view({n, 3, 32, 32}));
     labels.push_back(label);
   }
@@ -102,12 +239,10 @@ ImageSet load_cifar(const std::vector<fs::path>& files, int64_t label_bytes, int
 // STL-10 binary: uint8 images of 3x96x96 stored column-major per channel, labels 1..10 as bytes.
 ImageSet load_stl10(const fs::path& root, const std::string& split) {
   constexpr int64_t kPixels = 3 * 96 * 96;
+  constexpr uint64_t kMaxImages = 100000;  // the unlabeled split, the largest
   const fs::path x_file = root / (split + "_X.bin");
-  const std::vector<uint8_t> x = read_file(x_file);
-  if (x.empty() || static_cast<int64_t>(x.size()) % kPixels != 0) {
-    fail(ExitCode::data, x_file.string() + ": expected whole 3x96x96 images (" + std::to_string(kPixels) +
-                             " bytes each), file has " + std::to_string(x.size()) + " bytes");
-  }
+  const std::vector<uint8_t> x = read_records(
+      x_file, kPixels, kMaxImages, "expected whole 3x96x96 images (" + std::to_string(kPixels) + " bytes each)");
   const int64_t n = static_cast<int64_t>(x.size()) / kPixels;
   ImageSet set;
   set.images = at::from_blob(const_cast<uint8_t*>(x.data()), {n, 3, 96, 96}, at::kByte).transpose(2, 3).contiguous();
@@ -115,13 +250,11 @@ ImageSet load_stl10(const fs::path& root, const std::string& split) {
     set.labels = at::full({n}, -1, at::kLong);
     return set;
   }
-  const fs::path y_file = root / (split + "_y.bin");
-  const std::vector<uint8_t> y = read_file(y_file);
-  if (static_cast<int64_t>(y.size()) != n) {
-    fail(ExitCode::data, y_file.string() + ": expected " + std::to_string(n) + " labels, file has " +
-                             std::to_string(y.size()) + " bytes");
-  }
-  set.labels = at::from_blob(const_cast<uint8_t*>(y.data()), {n}, at::kByte).to(at::kLong) - 1;
+  DataFile y_in(root / (split + "_y.bin"));
+  const std::string expected = "expected " + std::to_string(n) + " labels (one byte per image)";
+  set.labels = read_payload(y_in, {n}, static_cast<uint64_t>(n), expected).to(at::kLong);
+  check_labels(set.labels, 1, 10, y_in.name());
+  set.labels -= 1;
   return set;
 }
 
@@ -133,7 +266,7 @@ ImageSet load_split(const DatasetSpec& spec, const std::string& split) {
   const bool train = split == "train";
   if (spec.name == "fashion_mnist" || spec.name == "mnist") {
     if (!train && split != "test") fail(ExitCode::usage, spec.name + " has the splits train and test, not '" + split + "'");
-    return load_idx(root, train ? "train" : "t10k");
+    return load_idx(root, train ? "train" : "t10k", 10);
   }
   if (spec.name == "cifar10") {
     std::vector<fs::path> files;

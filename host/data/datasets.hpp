@@ -21,7 +21,9 @@ struct DatasetSpec {
 };
 
 // Reads `split` ("train", "test"; STL-10 also "unlabeled" and "train+unlabeled") on the CPU.
-// Failure(data) names the file and what was expected (a missing file, a bad header, a short file).
+// Failure(data) names the file and what was expected: a missing, short, overlong or corrupt file, a bad
+// header, a label out of range, IDX training and test images of different sizes. A gzip file is never
+// inflated past what its header (or, without one, the dataset's largest file) allows.
 ImageSet load_split(const DatasetSpec& spec, const std::string& split);
 
 }  // namespace cfamc::host
