@@ -1,6 +1,7 @@
 // Loading plugins: the ABI handshake, the build fingerprint, malformed tables, discovery and duplicates.
 #include <catch2/catch.hpp>
 
+#include "config/options.hpp"
 #include "failure.hpp"
 #include "plugins/registry.hpp"
 #include "support.hpp"
@@ -93,6 +94,27 @@ TEST_CASE("a plain C plugin loads with its declared options", "[abi]") {
   REQUIRE(c.options.size() == 1);
   CHECK(c.options[0].name == "epsilon");
   CHECK(c.options[0].default_literal == std::optional<std::string>("\"1/255\""));
+  CHECK_FALSE(c.options[0].accepts_nonfinite);
+}
+
+TEST_CASE("option declarations: the non-finite modifier is read from the type, malformed ones refused", "[abi]") {
+  const auto accepting = [](cfamc_option_type type) {
+    return static_cast<cfamc_option_type>(type | CFAMC_OPTION_ACCEPTS_NONFINITE);
+  };
+  const cfamc_option_decl decls[] = {
+      {sizeof(cfamc_option_decl), "bound", accepting(CFAMC_OPTION_FLOAT), "inf", "upper bound"},
+      {sizeof(cfamc_option_decl), "epsilon", CFAMC_OPTION_FLOAT, "0.1", "radius"}};
+  const Schema schema = schema_from_decls(decls, 2);
+  REQUIRE(schema.size() == 2);
+  CHECK(schema[0].type == CFAMC_OPTION_FLOAT);
+  CHECK(schema[0].accepts_nonfinite);
+  CHECK_FALSE(schema[1].accepts_nonfinite);
+  cfamc_option_decl unsized = decls[1];
+  unsized.struct_size = 0;
+  CHECK_THROWS_WITH(schema_from_decls(&unsized, 1), Contains("option 0 is malformed"));
+  // The modifier means nothing for an integer: a declaration that uses it so is the plugin's mistake.
+  const cfamc_option_decl integer = {sizeof(cfamc_option_decl), "steps", accepting(CFAMC_OPTION_INT), "1", ""};
+  CHECK_THROWS_WITH(schema_from_decls(&integer, 1), Contains("option 0 is malformed"));
 }
 
 TEST_CASE("discovery finds shipped plugins and names both files of a duplicate", "[discovery]") {
@@ -123,7 +145,7 @@ TEST_CASE("discovery finds shipped plugins and names both files of a duplicate",
   }
 }
 
-TEST_CASE("junk on the plugin path is skipped; only a run that needs it fails, with its problem", "[discovery]") {
+TEST_CASE("junk on the plugin path is skipped, only a run that needs it fails, with its problem", "[discovery]") {
   cfamc::test::TempDir dir;
   const auto text_file = dir.write("libjunk.so", "not an ELF file");
   std::vector<std::filesystem::path> path = {text_file};

@@ -1,11 +1,15 @@
 // The run file: TOML syntax errors, strict keys with suggestions, types with locations, --set, fractions.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
+
 #include "config/options.hpp"
 #include "run/run_config.hpp"
 #include "config/run_file.hpp"
 #include "failure.hpp"
 #include "support.hpp"
+#include "train/train_config.hpp"
 
 using namespace cfamc::host;
 using Catch::Matchers::Contains;
@@ -32,6 +36,11 @@ std::string failure_of(const std::function<void()>& body, ExitCode expected = Ex
   }
   FAIL("no Failure thrown");
   return "";
+}
+
+// The message with which [train] given as `text` is refused.
+std::string train_failure(const std::string& text) {
+  return failure_of([&] { train_config_from(resolve_options(parse(text), train_schema(), "train", "run.toml")); });
 }
 
 }  // namespace
@@ -90,6 +99,45 @@ TEST_CASE("options: a float option rejects text that is no number or fraction", 
   CHECK_THROWS_AS(resolve_options(zero, kSchema, "attack", "run.toml"), Failure);
 }
 
+TEST_CASE("options: NaN and infinities are refused, literal or text, naming key and place", "[run_file]") {
+  for (const std::string value : {"nan", "inf", "-inf", "+inf", "\"nan\"", "\"inf\"", "\"-inf\"", "\"1e999\""}) {
+    INFO(value);
+    const toml::table given = parse("target = \"x\"\nepsilon = " + value + "\n");
+    CHECK_THAT(failure_of([&] { resolve_options(given, kSchema, "attack", "run.toml"); }),
+               Contains("run.toml:2:11: attack.epsilon: expected a finite number, got "));
+  }
+  const toml::table nan = parse("target = \"x\"\nepsilon = nan\n");
+  CHECK(failure_of([&] { resolve_options(nan, kSchema, "attack", "run.toml"); }) ==
+        "run.toml:2:11: attack.epsilon: expected a finite number, got nan");
+  // In a list the element is located.
+  const toml::table list = parse("target = \"x\"\nsizes = [0.5, -inf]\n");
+  CHECK(failure_of([&] { resolve_options(list, kSchema, "attack", "run.toml"); }) ==
+        "run.toml:2:15: attack.sizes: expected a finite number, got -inf");
+  const toml::table text = parse("target = \"x\"\nsizes = [\"1/2\", \"inf\"]\n");
+  CHECK_THAT(failure_of([&] { resolve_options(text, kSchema, "attack", "run.toml"); }),
+             Contains("run.toml:2:17: attack.sizes: expected a finite number, got inf"));
+  // The host's own sections go through the same check.
+  CHECK(train_failure("\n\nlr = nan\n") == "run.toml:3:6: train.lr: expected a finite number, got nan");
+  CHECK_THAT(train_failure("warmup_epochs = inf\n"), Contains("train.warmup_epochs: expected a finite number, got inf"));
+}
+
+TEST_CASE("options: an option declared as accepting non-finite values takes NaN and infinities", "[run_file]") {
+  const Schema schema = {{"bound", CFAMC_OPTION_FLOAT, "inf", "upper bound", true},
+                         {"levels", CFAMC_OPTION_FLOAT_LIST, "[]", "levels", true}};
+  const toml::table resolved =
+      resolve_options(parse("levels = [nan, \"-inf\", 1]\n"), schema, "attack", "run.toml");
+  CHECK(resolved["bound"].value<double>() == std::numeric_limits<double>::infinity());
+  CHECK(std::isnan(*resolved["levels"][0].value<double>()));
+  CHECK(resolved["levels"][1].value<double>() == -std::numeric_limits<double>::infinity());
+  CHECK(resolved["levels"][2].value<double>() == 1.0);
+  CHECK(resolve_options(parse("bound = \"inf\"\n"), schema, "attack", "run.toml")["bound"].value<double>() ==
+        std::numeric_limits<double>::infinity());
+  // A default the option itself refuses is the declaration's fault, not the run file's.
+  const Schema finite_only = {{"bound", CFAMC_OPTION_FLOAT, "inf", "upper bound"}};
+  CHECK_THAT(failure_of([&] { resolve_options({}, finite_only, "attack", "run.toml"); }, ExitCode::plugin),
+             Contains("attack.bound: declared default inf is not finite"));
+}
+
 TEST_CASE("options: a missing required option is named", "[run_file]") {
   const std::string message = failure_of([] { resolve_options(toml::table{}, kSchema, "attack", "run.toml"); });
   CHECK_THAT(message, Contains("attack.target"));
@@ -121,7 +169,7 @@ TEST_CASE("set: rejects malformed assignments", "[run_file]") {
   CHECK_THAT(failure_of([&] { apply_override(t, "attack.steps.x=1"); }), Contains("'steps' is a value, not a table"));
 }
 
-TEST_CASE("unset: removes keys, tables and array entries; a key the file lacks is an error", "[run_file]") {
+TEST_CASE("unset: removes keys, tables and array entries, a key the file lacks is an error", "[run_file]") {
   toml::table t = parse("[attack]\nplugin = \"free\"\nreplays = 3\n[[evaluate]]\nplugin = \"knn\"\n"
                         "[[evaluate]]\nplugin = \"linear_probe\"\n");
   apply_removal(t, "attack.replays");
@@ -149,6 +197,53 @@ TEST_CASE("values set from the command line are located as --set", "[run_file]")
   toml::table t = parse("target = \"x\"\n");
   apply_override(t, "steps=\"many\"");
   CHECK_THAT(failure_of([&] { resolve_options(t, kSchema, "attack", "run.toml"); }), Contains("--set: attack.steps"));
+}
+
+TEST_CASE("values set from the command line are checked for NaN and infinities too", "[run_file]") {
+  toml::table attack = parse("target = \"x\"\n");
+  apply_override(attack, "sizes=[0.1, inf]");
+  CHECK(failure_of([&] { resolve_options(attack, kSchema, "attack", "run.toml"); }) ==
+        "--set: attack.sizes: expected a finite number, got inf");
+  toml::table run = parse("[train]\nlr = 0.1\n");
+  apply_override(run, "train.lr=nan");
+  CHECK(failure_of([&] { resolve_options(*run["train"].as_table(), train_schema(), "train", "run.toml"); }) ==
+        "--set: train.lr: expected a finite number, got nan");
+}
+
+TEST_CASE("train: a value out of range is named, one key and its value", "[run_file]") {
+  CHECK(train_failure("lr = -1\n") == "train.lr: must be positive, got -1");
+  CHECK(train_failure("epochs = 0\n") == "train.epochs: must be positive, got 0");
+  CHECK(train_failure("batch_size = -3\n") == "train.batch_size: must be positive, got -3");
+  CHECK(train_failure("log_every = 0\n") == "train.log_every: must be positive, got 0");
+  CHECK(train_failure("keep_checkpoints = 0\n") == "train.keep_checkpoints: must be positive, got 0");
+  CHECK(train_failure("steps = -1\n") == "train.steps: must not be negative, got -1");
+  CHECK(train_failure("checkpoint_every = -5\n") == "train.checkpoint_every: must not be negative, got -5");
+  CHECK(train_failure("warmup_epochs = -0.5\n") == "train.warmup_epochs: must not be negative, got -0.5");
+}
+
+TEST_CASE("train: step counts too large to schedule are refused, not wrapped around", "[run_file]") {
+  CHECK(train_failure("steps = 4000000000000000000\n") ==
+        "train.steps: must be at most 4294967296, got 4000000000000000000");
+  CHECK(train_failure("epochs = 9223372036854775807\n") ==
+        "train.epochs: must be at most 4294967296, got 9223372036854775807");
+  CHECK_THAT(train_failure("warmup_epochs = 1e300\n"), Contains("train.warmup_epochs: must be at most 4294967296"));
+  CHECK_THAT(train_failure("milestones = [10, 1e19]\n"), Contains("train.milestones: must be between 0 and 4294967296"));
+
+  // Products of epochs and steps per epoch are checked once the data's size is known.
+  TrainConfig c = train_config_from(resolve_options(parse("epochs = 3000000000\n"), train_schema(), "train", "run.toml"));
+  CHECK(failure_of([&] { total_steps(c, 100); }) == "train.epochs: 3000000000 epochs of 100 steps are more than 4294967296 steps");
+  CHECK_THAT(failure_of([&] { total_steps(c, int64_t{1} << 62); }), Contains("train.epochs: 3000000000 epochs of"));
+  c.epochs = 2;
+  CHECK(total_steps(c, 100) == 200);
+  c.warmup_epochs = 2e9;
+  CHECK_THAT(failure_of([&] { set_steps_per_epoch(c, 10); }), Contains("train.warmup_epochs: 2e+09 epochs of 10 steps"));
+  c.warmup_epochs = 0.5;
+  c.milestone_epochs = {1, 4e9};
+  CHECK_THAT(failure_of([&] { set_steps_per_epoch(c, 10); }), Contains("train.milestones: 4e+09 epochs of 10 steps"));
+  c.milestone_epochs = {1};
+  set_steps_per_epoch(c, 10);
+  CHECK(c.schedule.warmup_steps == 5);
+  CHECK(c.schedule.milestones == std::vector<int64_t>{10});
 }
 
 TEST_CASE("host sections: unknown section suggests, required components are demanded", "[run_file]") {

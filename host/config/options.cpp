@@ -1,6 +1,8 @@
 #include "config/options.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
@@ -117,6 +119,30 @@ std::optional<toml::table> coerce(const toml::node& node, cfamc_option_type type
   return out;
 }
 
+// The first NaN or infinity in a float or float-list value: the node holding it and its text.
+struct NonFinite {
+  const toml::node* node;
+  std::string text;
+};
+
+std::optional<NonFinite> first_nonfinite(const toml::node& value) {
+  auto check = [](const toml::node& node) -> std::optional<NonFinite> {
+    const auto v = as_real(node);
+    if (!v || std::isfinite(*v)) return std::nullopt;
+    return NonFinite{&node, std::isnan(*v) ? "nan" : (*v > 0 ? "inf" : "-inf")};
+  };
+  const toml::array* elements = value.as_array();
+  if (elements == nullptr) return check(value);
+  for (const toml::node& element : *elements) {
+    if (auto found = check(element)) return found;
+  }
+  return std::nullopt;
+}
+
+bool refuses_nonfinite(const OptionSpec& spec) {
+  return !spec.accepts_nonfinite && (spec.type == CFAMC_OPTION_FLOAT || spec.type == CFAMC_OPTION_FLOAT_LIST);
+}
+
 }  // namespace
 
 const char* type_name(cfamc_option_type type) {
@@ -180,7 +206,56 @@ std::string unknown_key_message(const toml::key& key, const std::string& section
   return message + " (known: " + list + ")";
 }
 
+// `node`, given for `spec`, converted to its type (a one-entry table {v = ...}); Failure(usage) at the place
+// of what does not fit.
+toml::table given_value(const toml::node& node, const OptionSpec& spec, const std::string& key, const std::string& file) {
+  auto value = coerce(node, spec.type);
+  if (!value) {
+    fail(ExitCode::usage, location_of(node, file) + ": " + key + ": expected " + type_name(spec.type) +
+                              (spec.type == CFAMC_OPTION_FLOAT ? " (or a fraction like \"8/255\")" : "") + ", got " +
+                              node_type_name(node));
+  }
+  if (refuses_nonfinite(spec)) {
+    if (const auto bad = first_nonfinite(node)) {
+      fail(ExitCode::usage, location_of(*bad->node, file) + ": " + key + ": expected a finite number, got " + bad->text);
+    }
+  }
+  return std::move(*value);
+}
+
+// The declared default of `spec`, converted; Failure(plugin) when the declaration itself is wrong.
+toml::table default_value(const OptionSpec& spec, const std::string& key) {
+  toml::table literal = parse_literal(*spec.default_literal);
+  auto value = coerce(*literal.get("v"), spec.type);
+  if (!value) {
+    fail(ExitCode::plugin, key + ": declared default " + *spec.default_literal + " is not a " + type_name(spec.type));
+  }
+  if (refuses_nonfinite(spec) && first_nonfinite(*literal.get("v"))) {
+    fail(ExitCode::plugin, key + ": declared default " + *spec.default_literal + " is not finite");
+  }
+  return std::move(*value);
+}
+
 }  // namespace
+
+Schema schema_from_decls(const cfamc_option_decl* decls, size_t count) {
+  Schema schema;
+  for (size_t k = 0; k < count; ++k) {
+    const cfamc_option_decl& o = decls[k];
+    const bool nonfinite = (o.type & CFAMC_OPTION_ACCEPTS_NONFINITE) != 0;
+    const auto type = static_cast<cfamc_option_type>(o.type & ~CFAMC_OPTION_ACCEPTS_NONFINITE);
+    const bool float_type = type == CFAMC_OPTION_FLOAT || type == CFAMC_OPTION_FLOAT_LIST;
+    if (o.struct_size < sizeof(cfamc_option_decl) || o.name == nullptr || type < CFAMC_OPTION_BOOL ||
+        type > CFAMC_OPTION_STRING_LIST || (nonfinite && !float_type)) {
+      throw std::invalid_argument("option " + std::to_string(k) + " is malformed");
+    }
+    OptionSpec spec{o.name, type, std::nullopt, o.doc ? o.doc : ""};
+    if (o.default_value) spec.default_literal = o.default_value;
+    spec.accepts_nonfinite = nonfinite;
+    schema.push_back(std::move(spec));
+  }
+  return schema;
+}
 
 toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
                             const std::string& file, const std::vector<std::string>& reserved) {
@@ -200,13 +275,7 @@ toml::table resolve_options(const toml::table& given, const Schema& schema, cons
       unknown.push_back(unknown_key_message(key, section, file, known));
       continue;
     }
-    auto value = coerce(node, spec->type);
-    if (!value) {
-      fail(ExitCode::usage, location_of(node, file) + ": " + section + "." + name + ": expected " +
-                                type_name(spec->type) + (spec->type == CFAMC_OPTION_FLOAT ? " (or a fraction like \"8/255\")" : "") +
-                                ", got " + node_type_name(node));
-    }
-    resolved.insert(name, *value->get("v"));
+    resolved.insert(name, *given_value(node, *spec, section + "." + name, file).get("v"));
   }
   if (!unknown.empty()) {
     std::string message = unknown.size() > 1 ? std::to_string(unknown.size()) + " unknown keys: " : "";
@@ -219,13 +288,7 @@ toml::table resolve_options(const toml::table& given, const Schema& schema, cons
       fail(ExitCode::usage, file + ": " + section + "." + spec.name + ": required " + type_name(spec.type) +
                                 " option is missing (" + spec.doc + ")");
     }
-    toml::table literal = parse_literal(*spec.default_literal);
-    auto value = coerce(*literal.get("v"), spec.type);
-    if (!value) {
-      fail(ExitCode::plugin, section + "." + spec.name + ": declared default " + *spec.default_literal +
-                                 " is not a " + type_name(spec.type));
-    }
-    resolved.insert(spec.name, *value->get("v"));
+    resolved.insert(spec.name, *default_value(spec, section + "." + spec.name).get("v"));
   }
   return resolved;
 }

@@ -20,6 +20,9 @@ struct OptionSpec {
   cfamc_option_type type = CFAMC_OPTION_STRING;
   std::optional<std::string> default_literal;  // a TOML value literal; nullopt: required
   std::string doc;
+  // NaN and +/-inf pass validation (float and float-list options only); every other option refuses them,
+  // so that a typo'd `nan` fails at --validate instead of poisoning a run.
+  bool accepts_nonfinite = false;
 };
 using Schema = std::vector<OptionSpec>;
 
@@ -38,9 +41,15 @@ std::optional<std::string> nearest(const std::string& key, const std::vector<std
 // Parses a TOML value literal ("0.3", "\"8/255\"", "[2, 10]"). Throws std::invalid_argument.
 toml::table parse_literal(const std::string& literal);
 
+// The `count` option declarations of a plugin component, starting at `decls`. Each is as large as its
+// `struct_size` says (a plugin built against an older minor hands smaller ones), so the array is walked by
+// that stride, and a field is read only when the size covers it. Throws std::invalid_argument.
+Schema schema_from_decls(const cfamc_option_decl* decls, size_t count);
+
 // Validates `given` (the table at `section` of `file`) against `schema`, ignoring `reserved` keys
 // (`plugin`, `id`) that the host reads itself. Returns the table with defaults filled in and fractions
-// ("8/255") turned into floats. Throws Failure(usage) naming the file, line, key and what was expected.
+// ("8/255") turned into floats. Throws Failure(usage) naming the file, line, key and what was expected,
+// also for a NaN or infinity that the option does not accept.
 toml::table resolve_options(const toml::table& given, const Schema& schema, const std::string& section,
                             const std::string& file, const std::vector<std::string>& reserved = {});
 

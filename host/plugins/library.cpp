@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <stdexcept>
 #include <system_error>
 
 #include "failure.hpp"
@@ -193,14 +194,10 @@ ComponentInfo PluginLibrary::read_component(const cfamc_component_desc& c, const
   }
   if (c.options == nullptr && c.num_options > 0) fail(ExitCode::plugin, who + ": options missing");
   ComponentInfo info{c.kind, cname, text_or(c.summary, ""), {}, c.vtable, this};
-  for (size_t k = 0; k < c.num_options; ++k) {
-    const cfamc_option_decl& o = c.options[k];
-    if (o.name == nullptr || o.type < CFAMC_OPTION_BOOL || o.type > CFAMC_OPTION_STRING_LIST) {
-      fail(ExitCode::plugin, who + ": option " + std::to_string(k) + " is malformed");
-    }
-    OptionSpec spec{o.name, o.type, std::nullopt, text_or(o.doc, "")};
-    if (o.default_value) spec.default_literal = o.default_value;
-    info.options.push_back(std::move(spec));
+  try {
+    info.options = schema_from_decls(c.options, c.num_options);
+  } catch (const std::invalid_argument& e) {
+    fail(ExitCode::plugin, who + ": " + e.what());
   }
   // Defaults are checked now, so that a bad declaration is the plugin's error, not the user's.
   try {

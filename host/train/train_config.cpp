@@ -1,10 +1,63 @@
 #include "train/train_config.hpp"
 
 #include <cmath>
+#include <limits>
+#include <sstream>
 
 #include "failure.hpp"
 
 namespace cfamc::host {
+namespace {
+
+// The trainer multiplies the step count by an attack's replays (an int32) without a check of its own.
+static_assert(kMaxTrainSteps <= std::numeric_limits<int64_t>::max() / std::numeric_limits<int32_t>::max());
+
+// One line per broken rule, naming the key and the value: "train.lr: must be positive, got -1".
+template <class T>
+void require(bool ok, const std::string& key, const std::string& rule, T value) {
+  if (ok) return;
+  std::ostringstream given;
+  given << value;
+  fail(ExitCode::usage, "train." + key + ": " + rule + ", got " + given.str());
+}
+
+void check_ranges(const TrainConfig& c) {
+  require(c.epochs >= 1, "epochs", "must be positive", c.epochs);
+  require(c.steps >= 0, "steps", "must not be negative", c.steps);
+  require(c.batch_size >= 1, "batch_size", "must be positive", c.batch_size);
+  require(c.lr > 0, "lr", "must be positive", c.lr);
+  require(c.log_every >= 1, "log_every", "must be positive", c.log_every);
+  require(c.checkpoint_every >= 0, "checkpoint_every", "must not be negative", c.checkpoint_every);
+  require(c.keep_checkpoints >= 1, "keep_checkpoints", "must be positive", c.keep_checkpoints);
+  require(c.warmup_epochs >= 0, "warmup_epochs", "must not be negative", c.warmup_epochs);
+  // An epoch has at least one step, so these are refused already at --validate; set_steps_per_epoch and
+  // total_steps catch the products, which need the data's size.
+  const std::string at_most = "must be at most " + std::to_string(kMaxTrainSteps);
+  require(c.epochs <= kMaxTrainSteps, "epochs", at_most, c.epochs);
+  require(c.steps <= kMaxTrainSteps, "steps", at_most, c.steps);
+  require(c.warmup_epochs <= static_cast<double>(kMaxTrainSteps), "warmup_epochs", at_most, c.warmup_epochs);
+  for (double m : c.milestone_epochs) {
+    require(m >= 0 && m <= static_cast<double>(kMaxTrainSteps), "milestones",
+            "must be between 0 and " + std::to_string(kMaxTrainSteps), m);
+  }
+}
+
+template <class T>
+[[noreturn]] void too_many_steps(const std::string& key, T epochs, int64_t steps_per_epoch) {
+  std::ostringstream given;
+  given << epochs;
+  fail(ExitCode::usage, "train." + key + ": " + given.str() + " epochs of " + std::to_string(steps_per_epoch) +
+                            " steps are more than " + std::to_string(kMaxTrainSteps) + " steps");
+}
+
+// `epochs` of `steps_per_epoch` steps, rounded to a whole step.
+int64_t epochs_in_steps(double epochs, int64_t steps_per_epoch, const std::string& key) {
+  const double steps = std::round(epochs * static_cast<double>(steps_per_epoch));
+  if (!(steps <= static_cast<double>(kMaxTrainSteps))) too_many_steps(key, epochs, steps_per_epoch);
+  return static_cast<int64_t>(steps);
+}
+
+}  // namespace
 
 Schema train_schema() {
   return {
@@ -67,11 +120,7 @@ TrainConfig train_config_from(const toml::table& t) {
   if (c.schedule.kind != "cosine" && c.schedule.kind != "constant" && c.schedule.kind != "multistep") {
     fail(ExitCode::usage, "train.schedule: '" + c.schedule.kind + "' is not one of cosine, constant, multistep");
   }
-  if (c.epochs < 1 || c.steps < 0 || c.batch_size < 1 || c.lr <= 0 || c.log_every < 1 || c.checkpoint_every < 0 ||
-      c.keep_checkpoints < 1 || c.warmup_epochs < 0) {
-    fail(ExitCode::usage, "train: epochs, batch_size, lr, log_every, keep_checkpoints must be positive; steps, "
-                          "checkpoint_every and warmup_epochs not negative");
-  }
+  check_ranges(c);
   return c;
 }
 
@@ -101,13 +150,18 @@ TrainingAttackConfig training_attack_defaults() {
 TrainConfig train_defaults() { return train_config_from(resolve_options({}, train_schema(), "train", "(defaults)")); }
 
 void set_steps_per_epoch(TrainConfig& c, int64_t steps_per_epoch) {
-  c.schedule.warmup_steps = static_cast<int64_t>(std::llround(c.warmup_epochs * static_cast<double>(steps_per_epoch)));
+  c.schedule.warmup_steps = epochs_in_steps(c.warmup_epochs, steps_per_epoch, "warmup_epochs");
   c.schedule.milestones.clear();
-  for (double e : c.milestone_epochs) c.schedule.milestones.push_back(static_cast<int64_t>(std::llround(e * steps_per_epoch)));
+  for (double e : c.milestone_epochs) c.schedule.milestones.push_back(epochs_in_steps(e, steps_per_epoch, "milestones"));
 }
 
 int64_t total_steps(const TrainConfig& c, int64_t steps_per_epoch) {
-  return c.steps > 0 ? c.steps : c.epochs * steps_per_epoch;
+  if (c.steps > 0) return c.steps;
+  int64_t total = 0;
+  if (__builtin_mul_overflow(c.epochs, steps_per_epoch, &total) || total > kMaxTrainSteps) {
+    too_many_steps("epochs", c.epochs, steps_per_epoch);
+  }
+  return total;
 }
 
 }  // namespace cfamc::host

@@ -66,7 +66,13 @@ TrainingAttackConfig training_attack_config_from(const toml::table& resolved, co
 // [attack]'s host keys at their declared defaults.
 TrainingAttackConfig training_attack_defaults();
 
-// Epoch-based settings in steps, once the number of steps per epoch is known.
+// The most optimiser steps (minibatches) a run, its warm-up or a milestone may span: 2^32, beyond any real
+// run, and small enough that steps x replays (an int32) always fits in int64, so the update count of free
+// training cannot overflow into a nonsense schedule. Larger settings are usage errors.
+constexpr int64_t kMaxTrainSteps = int64_t{1} << 32;
+
+// Epoch-based settings in steps, once the number of steps per epoch is known. Both throw Failure(usage)
+// naming the key when a count would exceed kMaxTrainSteps.
 void set_steps_per_epoch(TrainConfig& config, int64_t steps_per_epoch);
 int64_t total_steps(const TrainConfig& config, int64_t steps_per_epoch);
 

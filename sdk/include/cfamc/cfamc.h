@@ -1,5 +1,6 @@
 /*
- * cfamc plugin ABI, version 1.1 (major 1; minor 1 appended tensor allocation to the host API).
+ * cfamc plugin ABI, version 1.1 (major 1; minor 1 appended tensor allocation to the host API and the
+ * CFAMC_OPTION_ACCEPTS_NONFINITE modifier of option types).
  *
  * This header is the whole contract between cfamc-host and a plugin library. It is C99 and names no C++
  * type, so a plugin may be written in C, C++ or anything that can export a C function.
@@ -97,8 +98,16 @@ typedef enum cfamc_option_type {
   CFAMC_OPTION_STRING_LIST = 7 /* a TOML array of strings */
 } cfamc_option_type;
 
+/* ABI 1.1: OR'ed into the `type` of a CFAMC_OPTION_FLOAT or CFAMC_OPTION_FLOAT_LIST declaration, lets the
+ * option take NaN and +/-inf (TOML's `nan`, `inf`, `-inf`, or the strings "nan", "inf"). Without it the host
+ * refuses them as a run-file error, so a component reading a float option may take it to be finite. A
+ * modifier of the type rather than a new field, so that `options` arrays keep their 1.0 stride: a 1.0 host
+ * refuses only a declaration that uses it. */
+#define CFAMC_OPTION_ACCEPTS_NONFINITE 0x100
+
 /* One option of a component. The host validates the component's table of the run file against these
- * declarations before `create`, fills in defaults, and serves the values through the context. */
+ * declarations before `create`, fills in defaults, and serves the values through the context.
+ * `options` of cfamc_component_desc is an array of these: this struct can never grow. */
 typedef struct cfamc_option_decl {
   size_t struct_size;
   const char *name;          /* borrowed, static: the key in the component's table */

@@ -197,6 +197,12 @@ inline cfamc_option_decl option(const char* name, cfamc_option_type type, const 
   return cfamc_option_decl{sizeof(cfamc_option_decl), name, type, default_value, doc};
 }
 
+// A float or float-list option that also takes NaN and infinities, which the host otherwise refuses (ABI 1.1).
+inline cfamc_option_decl option_accepting_nonfinite(const char* name, cfamc_option_type type,
+                                                    const char* default_value, const char* doc) {
+  return option(name, static_cast<cfamc_option_type>(type | CFAMC_OPTION_ACCEPTS_NONFINITE), default_value, doc);
+}
+
 // ---- Callbacks from the host -------------------------------------------------------------------------
 
 class Encoder {
