@@ -15,6 +15,8 @@ enum class ExitCode : int {
   plugin = 3,    // plugin not found, ABI or fingerprint mismatch, error raised by a plugin
   data = 4,      // missing, truncated or malformed data
   diverged = 5,  // the training loss became NaN or infinite
+  interrupted = 130,  // SIGINT (Ctrl-C): stopped after a step and wrote a checkpoint
+  terminated = 143,   // SIGTERM: likewise
 };
 
 class Failure : public std::runtime_error {

@@ -40,6 +40,15 @@ void write_file_atomically(const fs::path& path, const std::string& content) {
   }
 }
 
+bool is_write_temporary(const std::string& filename, std::string& target) {
+  const size_t mark = filename.rfind(".tmp.");
+  if (mark == std::string::npos || mark == 0 || mark + 5 == filename.size()) return false;
+  for (size_t i = mark + 5; i < filename.size(); ++i)
+    if (filename[i] < '0' || filename[i] > '9') return false;
+  target = filename.substr(0, mark);
+  return true;
+}
+
 void remove_tree(const fs::path& path) {
   const auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); };
   struct stat info {};

@@ -10,6 +10,10 @@ namespace cfamc::host {
 // Writes `content` to `path` through a temporary file in the same directory, flushed and renamed.
 void write_file_atomically(const std::filesystem::path& path, const std::string& content);
 
+// Whether `filename` is a temporary of write_file_atomically ("<target>.tmp.<pid>"); sets `target`. A
+// process killed while writing leaves one behind.
+bool is_write_temporary(const std::string& filename, std::string& target);
+
 // Deletes `path` and everything below it; a missing path is fine. Not std::filesystem::remove_all: the
 // PyTorch wheel's libtorch.so exports a copy of it that crashes when calls bind to it (docs/architecture.md).
 void remove_tree(const std::filesystem::path& path);

@@ -149,7 +149,7 @@ TEST_CASE("the training attack of every shipped run file swaps to every shipped 
   CHECK(checked >= 18 * 5);
 }
 
-TEST_CASE("unset removes a key from the command line; one the file lacks exits 2", "[cli]") {
+TEST_CASE("unset removes a key from the command line, one the file lacks exits 2", "[cli]") {
   const auto dropped = run_host("--config " + kQuickstart + " --validate --unset attack.replays --unset evaluate.1");
   INFO(dropped.output);
   CHECK(dropped.exit_code == 0);
@@ -174,6 +174,7 @@ TEST_CASE("relative [plugins] paths resolve against the run file's folder", "[cl
   CHECK(out.exit_code == 0);
   const auto missing = run_host("--config " + file.string() + " --validate --set 'plugins.paths=[\"nowhere\"]'");
   CHECK(missing.exit_code == 3);
+  CHECK_THAT(missing.output, Contains("[plugins] paths entry nowhere does not exist"));  // warned, by name
   CHECK_THAT(last_line(missing.output), Contains("c_shift"));
 }
 

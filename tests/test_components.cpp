@@ -345,7 +345,7 @@ TEST_CASE("knn through the evaluator services reports accuracy of a separable pr
   CHECK(accuracy <= 1.0);
 }
 
-TEST_CASE("linear_probe and multicrop learn a separable problem; multicrop averages view groups", "[evaluator]") {
+TEST_CASE("linear_probe and multicrop learn a separable problem, multicrop averages view groups", "[evaluator]") {
   auto backbone = convnet();
   auto images = [](int64_t n, int64_t cls) {
     at::Tensor x = torch::randint(0, 60, {n, 3, 8, 8}, torch::kUInt8);

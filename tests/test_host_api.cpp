@@ -239,7 +239,7 @@ TEST_CASE("c_shift allocates through the host: float32 inputs, other types, non-
   CHECK(torch::allclose(out64, (x64 + 0.25).clamp(0, 1), 1e-6, 1e-6));
 }
 
-TEST_CASE("on a CUDA device: tensor_zeros and tensor_copy place tensors there; c_shift works", "[cuda][dlpack]") {
+TEST_CASE("on a CUDA device: tensor_zeros and tensor_copy place tensors there, c_shift works", "[cuda][dlpack]") {
   if (!torch::cuda::is_available()) {
     WARN("no CUDA device here: this test checks nothing on this machine");
     return;

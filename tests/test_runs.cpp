@@ -6,66 +6,19 @@
 #include <nlohmann/json.hpp>
 
 #include "support.hpp"
+#include "tiny_run.hpp"
 #include "train/checkpoint.hpp"
 
 using cfamc::test::run_host;
 using Catch::Matchers::Contains;
 using json = nlohmann::json;
+using cfamc::test::kTinyRun;
+using cfamc::test::read_json;
+using cfamc::test::read_lines;
 
 namespace {
 
 const std::string kQuickstart = std::string(CFAMC_SOURCE_DIR) + "/configs/quickstart.toml";
-
-// A run small enough for a test: a narrow CNN, EMP-SSL with 2 crops, no evaluators. On the CPU, where runs
-// are bit-exact (GPU kernels need not be).
-const char* kTinyRun = R"(
-[run]
-device = "cpu"
-
-[data]
-dataset = "fashion_mnist"
-train_subset = 400
-test_subset = 100
-
-[views.crops]
-count = 2
-size = 20
-jitter = 0.0
-grayscale = 0.0
-blur = 0.2
-
-[train]
-epochs = 2
-batch_size = 50
-log_every = 2
-checkpoint_every = 2
-keep_checkpoints = 10
-
-[backbone]
-plugin = "convnet"
-in_channels = 1
-width = 8
-
-[objective]
-plugin = "emp_ssl"
-num_crops = 2
-pre_feature_dim = 32
-hidden_dim = 32
-projection_dim = 16
-)";
-
-json read_json(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  REQUIRE(in.good());
-  return json::parse(in);
-}
-
-std::vector<json> read_lines(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  std::vector<json> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
-  return lines;
-}
 
 }  // namespace
 
@@ -151,7 +104,7 @@ TEST_CASE("free training makes exactly one backward pass per replay and never ca
   CHECK(train["oracle_calls"] == 0);
 }
 
-TEST_CASE("set attack.plugin swaps the training attack; resuming with another attack is logged", "[run][attack]") {
+TEST_CASE("set attack.plugin swaps the training attack, resuming with another attack is logged", "[run][attack]") {
   cfamc::test::TempDir dir;
   const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"pgd\"\nepsilon = \"4/255\"\n");
   const std::string base = "--config " + file.string() + " --set run.dir=" + dir.path().string();
@@ -203,7 +156,7 @@ attack = "pgd8"
   CHECK_THAT(bad.output, Contains("attack_schedule names 'pgd16', but there is no [attacks.pgd16]"));
 }
 
-TEST_CASE("the weight-gradient accumulation quirk changes training; BatchNorm can be frozen during attacks", "[run][attack]") {
+TEST_CASE("the weight-gradient accumulation quirk changes training, BatchNorm can be frozen during attacks", "[run][attack]") {
   cfamc::test::TempDir dir;
   const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[attack]\nplugin = \"pgd\"\nsteps = 2\n");
   const auto final_weights = [&](const std::string& name, const std::string& extra) {
@@ -226,7 +179,7 @@ TEST_CASE("a run directory with checkpoints is not started over without --fresh"
   REQUIRE(run_host(args).exit_code == 0);
   const auto again = run_host(args);
   CHECK(again.exit_code == 2);
-  CHECK_THAT(again.output, Contains("already holds checkpoints"));
+  CHECK_THAT(again.output, Contains("already holds a run"));
   CHECK(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000002.pt"));
   CHECK(run_host(args + " --fresh").exit_code == 0);
 }

@@ -16,6 +16,8 @@
 #include "plugins/components.hpp"
 #include "plugins/registry.hpp"
 #include "run/assembly.hpp"
+#include "run/interruption.hpp"
+#include "run/resume_changes.hpp"
 #include "run/run_dir.hpp"
 #include "run/trainer.hpp"
 
@@ -30,6 +32,7 @@ struct Options {
   bool resume = false;
   int64_t until_step = 0;
   bool fresh = false;
+  bool accept_changes = false;
   bool version = false;
   bool list_plugins = false;
   bool json = false;
@@ -87,27 +90,17 @@ int validate(const Options& options) {
   return 0;
 }
 
-// Resuming with another training attack is allowed; say so.
-void log_attack_change(const std::filesystem::path& previous, const RunConfig& config) {
-  std::string before = "none", now = "none";
-  try {
-    before = toml::parse_file(previous.string())["attack"]["plugin"].value_or(std::string("none"));
-  } catch (const std::exception&) {
-    return;  // no earlier run here
-  }
-  if (const ComponentConfig* attack = config.find(Role::training_attack)) now = attack->plugin;
-  if (before != now) log(LogLevel::warn, "resuming with training attack '" + now + "' (the run so far used '" + before + "')");
-}
-
 int run(const Options& options) {
   Resolved r = resolve(options);
   const std::string device = resolve_device(r.config.device, r.config.file);
-  const auto dir = prepare_run_dir(r.config.dir);
-  if (options.resume) log_attack_change(dir / "resolved.toml", r.config);
-  std::ostringstream resolved;
-  resolved << r.config.resolved() << "\n";
-  write_file_atomically(dir / "resolved.toml", resolved.str());
-  log(LogLevel::info, "run directory: " + dir.string());
+  const RunDirectory dir(r.config.dir);
+  const toml::table resolved = r.config.resolved();
+  if (options.resume) check_resume_changes(dir.resolved().string(), resolved, options.accept_changes);
+  std::ostringstream text;
+  text << resolved << "\n";
+  write_file_atomically(dir.resolved(), text.str());
+  log(LogLevel::info, "run directory: " + dir.path().string());
+  watch_for_interruption();
   run_training(r.config, r.registry, RunRequest{device, dir, options.resume, options.until_step, options.fresh});
   return 0;
 }
@@ -140,10 +133,16 @@ int run_cli(int argc, char** argv) {
   app.add_option("--unset", options.removals,
                  "remove a run-file key or table before the --set overrides apply: --unset attack.replays (repeatable)");
   app.add_flag("--validate", options.validate, "resolve the run file and every plugin's options, then stop");
-  app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory");
+  CLI::Option* resume =
+      app.add_flag("--resume", options.resume, "continue from the newest checkpoint in the run directory that verifies");
   app.add_option("--until-step", options.until_step, "checkpoint and stop after this training step (resume later)")
       ->check(CLI::PositiveNumber);
-  app.add_flag("--fresh", options.fresh, "start over in a run directory that holds checkpoints (deletes them)");
+  app.add_flag("--fresh", options.fresh,
+               "start over in a run directory that holds a run (deletes the host's own outputs, nothing else)")
+      ->excludes(resume);
+  app.add_flag("--accept-changes", options.accept_changes,
+               "with --resume: continue although the run file changed keys the training depends on (logged)")
+      ->needs(resume);
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");
@@ -166,7 +165,11 @@ int run_cli(int argc, char** argv) {
     std::cerr << "error: " << e.what() << "\n";
     return static_cast<int>(e.code());
   } catch (const c10::Error& e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    const std::string message = e.what_without_backtrace();
+    std::cerr << "error: " << message.substr(0, message.find('\n')) << "\n";
+    return static_cast<int>(ExitCode::other);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory: a host allocation failed (smaller batch_size, views or subsets need less)\n";
     return static_cast<int>(ExitCode::other);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

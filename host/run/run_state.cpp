@@ -37,8 +37,7 @@ TensorMap RunState::gather(int64_t step) const {
   return out;
 }
 
-int64_t RunState::restore(const std::filesystem::path& file) {
-  const TensorMap saved = load_checkpoint(file);
+int64_t RunState::restore(const TensorMap& saved, const std::filesystem::path& file) {
   c10::NoGradGuard no_grad;
   const auto saved_tensor = [&](const std::string& name) -> const at::Tensor* {
     if (saved.contains(name)) return &saved[name];

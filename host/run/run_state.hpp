@@ -18,10 +18,10 @@ class RunState {
 
   // The state after `step` steps, aliasing the live tensors (the checkpoint copies them).
   TensorMap gather(int64_t step) const;
-  // Copies `file` into the live tensors and returns its step. Attack state may be absent (resuming with
+  // Copies `saved` (loaded from `file`) into the live tensors and returns its step. Attack state may be absent (resuming with
   // another attack is allowed) and takes its saved shape (free training's perturbation); anything else
   // missing or of another shape is Failure(other) naming the file.
-  int64_t restore(const std::filesystem::path& file);
+  int64_t restore(const TensorMap& saved, const std::filesystem::path& file);
 
  private:
   const RunConfig& config_;

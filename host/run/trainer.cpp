@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <csignal>
 #include <fstream>
 #include <optional>
 
@@ -17,9 +18,11 @@
 #include "run/assembly.hpp"
 #include "run/evaluation.hpp"
 #include "run/run_config.hpp"
+#include "run/interruption.hpp"
 #include "run/run_dir.hpp"
 #include "run/run_state.hpp"
 #include "train/checkpoint.hpp"
+#include "train/checkpoint_files.hpp"
 #include "train/progress.hpp"
 #include "train/schedule.hpp"
 #include "train/train_step.hpp"
@@ -80,7 +83,12 @@ class TrainingRun {
   void finish();
 
  private:
+  bool resume();
+  void start_fresh();
   const Attack* attack_at(int64_t epoch) const;
+  LossResult step(const Attack* attack);
+  void stop_if_interrupted();
+  [[noreturn]] void diverged(const std::string& what_became, int64_t step);
   std::string describe() const;
   TensorMap next_inputs();
   void after_step(const LossResult& result, bool stop_now);
@@ -142,26 +150,42 @@ double TrainingRun::schedule_lr(int64_t update) const {
 }
 
 void TrainingRun::start() {
-  const fs::path checkpoints = request_.run_dir / "checkpoints";
-  const fs::path untrained_file = request_.run_dir / "eval_untrained.json";
-  last_checkpoint_ = request_.resume ? newest_checkpoint(checkpoints) : std::nullopt;
-  if (last_checkpoint_) {
-    step_ = first_step_ = state_.restore(*last_checkpoint_);
-    log(LogLevel::info, "resumed from " + last_checkpoint_->string() + " at step " + std::to_string(step_));
-    if (std::ifstream in(untrained_file); in) untrained_ = json::parse(in, nullptr, false);
-    return;
+  if (request_.resume && resume()) return;
+  start_fresh();
+}
+
+// The newest checkpoint that verifies, restored; false when there is none at all.
+bool TrainingRun::resume() {
+  const auto all = checkpoints_in(request_.dir.checkpoints());
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    TensorMap saved;
+    try {
+      saved = load_checkpoint(it->second);
+    } catch (const UnusableCheckpoint& e) {
+      log(LogLevel::warn, std::string(e.what()) + "; trying the one before it");
+      continue;
+    }
+    step_ = first_step_ = state_.restore(saved, it->second);
+    last_checkpoint_ = it->second;
+    log(LogLevel::info, "resumed from " + it->second.string() + " at step " + std::to_string(step_));
+    request_.dir.drop_metrics_after(step_);
+    if (std::ifstream in(request_.dir.untrained()); in) untrained_ = json::parse(in, nullptr, false);
+    return true;
   }
-  if (request_.resume) log(LogLevel::warn, "--resume: no checkpoint in " + checkpoints.string() + "; starting fresh");
-  if (const auto existing = newest_checkpoint(checkpoints); existing && !request_.fresh) {
-    fail(ExitCode::usage, "run directory " + request_.run_dir.string() + " already holds checkpoints (" +
-                              existing->string() + "); continue it with --resume, start over with --fresh, or set another run.dir");
+  if (!all.empty()) {
+    fail(ExitCode::other, "no checkpoint in " + request_.dir.checkpoints().string() +
+                              " can be used (each one is damaged, see above); start over with --fresh");
   }
-  remove_tree(checkpoints);
-  fs::remove(request_.run_dir / "metrics.jsonl");
+  log(LogLevel::warn, "--resume: no checkpoint in " + request_.dir.checkpoints().string() + "; starting fresh");
+  return false;
+}
+
+void TrainingRun::start_fresh() {
+  request_.dir.prepare_fresh_start(request_.fresh, config_.file);
   const Evaluation controls =
       assemble_evaluation(config_, registry_, request_.device, assembly_.backbone->feature_dim(), /*controls_only=*/true);
-  untrained_ = run_evaluation(controls, assembly_, data_, config_, request_.run_dir, "_untrained");
-  write_file_atomically(untrained_file, untrained_.dump(2));
+  untrained_ = run_evaluation(controls, assembly_, data_, config_, request_.dir.path(), "_untrained");
+  write_file_atomically(request_.dir.untrained(), untrained_.dump(2));
 }
 
 // The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
@@ -195,6 +219,11 @@ std::string TrainingRun::describe() const {
 }
 
 bool TrainingRun::train() {
+  if (request_.until_step > 0 && step_ >= request_.until_step) {
+    log(LogLevel::info, "already at step " + std::to_string(step_) + ", not before --until-step " +
+                            std::to_string(request_.until_step) + "; nothing to do");
+    return false;
+  }
   log(LogLevel::info, describe());
   progress_.emplace(step_, total_);
   assembly_.backbone->set_training(true);
@@ -208,10 +237,11 @@ bool TrainingRun::train() {
                               (attack ? "with attack " + attack->who() : std::string("clean")));
       current_attack_ = attack;
     }
-    const LossResult result = step_runner_.run(next_inputs(), attack);
+    const LossResult result = step(attack);
     ++step_;
-    const bool stop_now = step_ == request_.until_step;
+    const bool stop_now = step_ == request_.until_step || interruption() != 0;
     after_step(result, stop_now);
+    stop_if_interrupted();
     if (stop_now && step_ < total_) {
       progress_->finish();
       log(LogLevel::info, "stopped after step " + std::to_string(step_) + " as asked (--until-step); continue with --resume");
@@ -220,7 +250,36 @@ bool TrainingRun::train() {
   }
   progress_->finish();
   train_seconds_ = seconds_since(train_start_);
+  stop_if_interrupted();
   return true;
+}
+
+// One step; a plugin that fails on non-finite weights or features reports divergence, not its own error.
+LossResult TrainingRun::step(const Attack* attack) {
+  const TensorMap inputs = next_inputs();
+  try {
+    return step_runner_.run(inputs, attack);
+  } catch (const Failure& e) {
+    if (e.code() == ExitCode::plugin && step_runner_.diverged_encoder(inputs)) diverged("the encoder's weights or features became NaN, infinite or too large for float32", step_ + 1);
+    throw;
+  }
+}
+
+void TrainingRun::stop_if_interrupted() {
+  const int signal = interruption();
+  if (signal == 0) return;
+  if (progress_) progress_->finish();
+  const std::string where = last_checkpoint_ ? "; checkpoint " + last_checkpoint_->string() + "; continue with --resume"
+                                             : "; no checkpoint was written yet";
+  fail(signal == SIGTERM ? ExitCode::terminated : ExitCode::interrupted,
+       std::string("stopped by ") + interruption_name(signal) + " after step " + std::to_string(step_) + where);
+}
+
+void TrainingRun::diverged(const std::string& what_became, int64_t step) {
+  if (progress_) progress_->finish();
+  fail(ExitCode::diverged, what_became + " at or before step " +
+                               std::to_string(step) + "; the last good checkpoint is " +
+                               (last_checkpoint_ ? last_checkpoint_->string() : std::string("none")));
 }
 
 // Logging and checkpoints, where the device is read: divergence is checked here too, so no checkpoint is
@@ -233,16 +292,11 @@ void TrainingRun::after_step(const LossResult& result, bool stop_now) {
     progress_->update(step_, "", false);
     return;
   }
-  if (step_runner_.diverged()) {
-    progress_->finish();
-    fail(ExitCode::diverged, "the training loss became NaN or infinite at or before step " + std::to_string(step_) +
-                                 "; the last good checkpoint is " +
-                                 (last_checkpoint_ ? last_checkpoint_->string() : std::string("none")));
-  }
+  if (step_runner_.diverged()) diverged("the training loss became NaN or infinite", step_);
+  if (checkpoint_now && step_runner_.diverged_weights()) diverged("the weights became NaN, infinite or too large for float32", step_);
   if (log_now) log_metrics(result);
   if (checkpoint_now) {
-    last_checkpoint_ =
-        save_checkpoint(request_.run_dir / "checkpoints", step_, state_.gather(step_), train_.keep_checkpoints);
+    last_checkpoint_ = save_checkpoint(request_.dir.checkpoints(), step_, state_.gather(step_), train_.keep_checkpoints);
   }
 }
 
@@ -255,14 +309,14 @@ void TrainingRun::log_metrics(const LossResult& result) {
                {"loss", result.loss.item<double>()},
                {"images_per_s", images_per_s}};
   for (const auto& item : result.scalars) line[item.key()] = item.value().item<double>();
-  append_line(request_.run_dir / "metrics.jsonl", line);
+  append_line(request_.dir.metrics(), line);
   char detail[64];
   std::snprintf(detail, sizeof(detail), "loss %.4f", line["loss"].get<double>());
   progress_->update(step_, detail, true);
 }
 
 void TrainingRun::finish() {
-  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.run_dir, "");
+  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.dir.path(), "");
   for (auto& [id, metrics] : untrained_.items()) eval[id] = metrics;
   const StepCounts& counts = step_runner_.counts();
   const double images = static_cast<double>((step_ - first_step_) * train_.batch_size);
@@ -286,8 +340,8 @@ void TrainingRun::finish() {
                 {"images_per_s", images / std::max(train_seconds_, 1e-9)},
                 {"crops_per_s", crops / std::max(train_seconds_, 1e-9)}};
   const json summary = {{"run", run}, {"train", train}, {"eval", eval}};
-  write_file_atomically(request_.run_dir / "summary.json", summary.dump(2) + "\n");
-  log(LogLevel::info, "summary: " + (request_.run_dir / "summary.json").string());
+  write_file_atomically(request_.dir.summary(), summary.dump(2) + "\n");
+  log(LogLevel::info, "summary: " + request_.dir.summary().string());
 }
 
 }  // namespace

@@ -10,17 +10,19 @@ namespace cfamc::host {
 
 struct RunConfig;
 class Registry;
+class RunDirectory;
 
 struct RunRequest {
   std::string device;  // resolved: "cpu", "cuda:0"
-  std::filesystem::path run_dir;
-  bool resume = false;      // continue from the newest checkpoint in run_dir/checkpoints
+  const RunDirectory& dir;  // locked by this process
+  bool resume = false;      // continue from the newest checkpoint that verifies
   int64_t until_step = 0;  // > 0: checkpoint and stop after this step, as a time-limited job would
-  bool fresh = false;      // start over even though run_dir has checkpoints (deleting them)
+  bool fresh = false;      // start over even though the directory holds a run (deleting its outputs only)
 };
 
-// Failure(data) for data problems, Failure(diverged) when the loss stops being finite (the last good
-// checkpoint stays), Failure(plugin) for plugin errors.
+// Failure(data) for data problems, Failure(diverged) when the loss or the weights stop being finite (the
+// last good checkpoint stays), Failure(plugin) for plugin errors, Failure(interrupted / terminated) after
+// SIGINT / SIGTERM once the step in progress is checkpointed.
 void run_training(const RunConfig& config, const Registry& registry, const RunRequest& request);
 
 }  // namespace cfamc::host

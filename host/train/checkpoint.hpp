@@ -1,19 +1,29 @@
 // Checkpoints: every named tensor of the run (components, optimiser, trainer position, random state) in
-// one file, written atomically, so a run killed at any moment resumes from the newest complete one.
+// one file, written atomically and carrying a checksum of its content, so a run killed at any moment
+// resumes from the newest complete one and a damaged file is recognised as such.
 #pragma once
 
 #include <filesystem>
 #include <optional>
 
+#include "failure.hpp"
 #include "tensor_map.hpp"
 
 namespace cfamc::host {
 
-// `dir`/step-<step>.pt, then removes all but the newest `keep`.
+// A checkpoint file that cannot be used: unreadable, truncated, or failing its checksum. A resume falls
+// back to an older checkpoint on this, and on nothing else.
+class UnusableCheckpoint : public Failure {
+ public:
+  explicit UnusableCheckpoint(const std::string& message) : Failure(ExitCode::other, message) {}
+};
+
+// `dir`/step-<step>.pt, then removes all but the newest `keep` checkpoints (only files named as the host
+// names them).
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step, const TensorMap& tensors,
                                       int64_t keep);
-std::optional<std::filesystem::path> newest_checkpoint(const std::filesystem::path& dir);
-// Failure(other) naming the file when it cannot be read.
+// UnusableCheckpoint naming the file and what is wrong, in one line; Failure(usage) when it is no regular
+// file. A checkpoint written before checksums existed loads with a warning.
 TensorMap load_checkpoint(const std::filesystem::path& file);
 
 }  // namespace cfamc::host

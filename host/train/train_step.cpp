@@ -1,6 +1,7 @@
 #include "train/train_step.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include "failure.hpp"
 #include "train/objective_oracle.hpp"
@@ -75,5 +76,33 @@ void TrainStep::set_encoder_training(bool training) {
 }
 
 bool TrainStep::diverged() const { return nonfinite_.defined() && nonfinite_.item<bool>(); }
+
+namespace {
+
+// 2^64: a float32 beyond it overflows when squared, so norms and variances of it are infinite. Weights or
+// features that large have diverged even while every one of them is still finite.
+constexpr double kLargestUsable = 18446744073709551616.0;
+
+bool unusable(const at::Tensor& t) { return !t.detach().abs().lt(kLargestUsable).all().item<bool>(); }
+
+}  // namespace
+
+bool TrainStep::diverged_weights() const {
+  for (const Component* c : {static_cast<const Component*>(&backbone_), static_cast<const Component*>(&objective_)})
+    for (const auto& item : c->tensors(CFAMC_ROLE_PARAMETER))
+      if (unusable(item.value())) return true;
+  return false;
+}
+
+bool TrainStep::diverged_encoder(const TensorMap& inputs) const {
+  if (diverged() || diverged_weights()) return true;
+  c10::NoGradGuard no_grad;
+  for (const auto& item : inputs) {
+    if (!item.value().is_floating_point() || item.value().dim() != 4) continue;
+    const at::Tensor features = backbone_.forward(item.value(), 0);
+    if (unusable(features) || unusable(objective_.represent(features))) return true;
+  }
+  return false;
+}
 
 }  // namespace cfamc::host

@@ -31,6 +31,12 @@ class TrainStep {
 
   // Whether any loss so far was NaN or infinite. Reads the device: call it at log and checkpoint steps only.
   bool diverged() const;
+  // Whether a parameter of the backbone or the objective is NaN, infinite, or too large to square in
+  // float32 (beyond 2^64) (reads the device).
+  bool diverged_weights() const;
+  // After a step failed: whether the loss, the weights, or the encoder's features or representation of
+  // `inputs` have diverged so, which explains the failure as divergence rather than a plugin's fault.
+  bool diverged_encoder(const TensorMap& inputs) const;
   const StepCounts& counts() const { return counts_; }
   void set_phase_observer(PhaseObserver observer) { observer_ = std::move(observer); }
 
