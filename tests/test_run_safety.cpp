@@ -313,3 +313,17 @@ TEST_CASE("a learning rate that blows the weights up exits 5, not as a plugin er
     CHECK_THAT(out.output, !Contains("plugin"));
   }
 }
+
+TEST_CASE("a step too large for the machine is refused before training, naming the keys to lower", "[run][safety]") {
+  for (const char* views : {"--set views.crops.count=10000 --set objective.num_crops=10000",
+                            "--set views.crops.size=2000 --set train.batch_size=400"}) {
+    INFO(views);
+    TinyRun tiny;
+    const auto out = tiny.run(std::string(views) + " --until-step 1");
+    INFO(out.output);
+    CHECK(out.exit_code == 2);
+    CHECK_THAT(out.output, Contains("a training step needs about"));
+    CHECK_THAT(out.output, Contains("lower train.batch_size, views.crops.count or views.crops.size"));
+    CHECK_FALSE(fs::exists(tiny.run_dir / "checkpoints"));
+  }
+}

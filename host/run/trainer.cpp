@@ -21,6 +21,7 @@
 #include "run/interruption.hpp"
 #include "run/run_dir.hpp"
 #include "run/run_state.hpp"
+#include "run/step_memory.hpp"
 #include "train/checkpoint.hpp"
 #include "train/checkpoint_files.hpp"
 #include "train/progress.hpp"
@@ -150,6 +151,7 @@ double TrainingRun::schedule_lr(int64_t update) const {
 }
 
 void TrainingRun::start() {
+  check_step_memory(*assembly_.backbone, groups_, data_.train.images.size(1), train_.batch_size, request_.device);
   if (request_.resume && resume()) return;
   start_fresh();
 }
