@@ -1,0 +1,177 @@
+// The Square Attack plugin: stronger than no attack on a small trained classifier, inside the ball and
+// [0,1], black-box (it reads logits and labels, never the loss, and builds no graph), and refused with a
+// clear error by an oracle that is not a classifier.
+#include "torch_catch.hpp"
+
+#include "config/options.hpp"
+#include "data/datasets.hpp"
+#include "failure.hpp"
+#include "plugins/components.hpp"
+#include "plugins/context.hpp"
+#include "plugins/tensor_handle.hpp"
+#include "train/objective_oracle.hpp"
+
+using namespace cfamc::host;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// As test_components.cpp makes components: the build tree's plugins, options validated as the host does.
+const Registry& registry() {
+  static const Registry instance = Registry::discover({CFAMC_PLUGIN_BUILD_DIR}, host_api());
+  return instance;
+}
+
+template <class K>
+std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "", int64_t feature_dim = 0) {
+  const ComponentInfo& info = registry().find(kind, name);
+  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, "cpu", feature_dim};
+  return instantiate<K>(registry(), info, std::move(setup));
+}
+
+// The APGD test's classifier: a two-layer MLP trained briefly on Fashion-MNIST (Debian's package), and the
+// first 300 test images. Trained once, shared by the tests.
+struct FashionClassifier {
+  FashionClassifier() {
+    const ImageSet train = load_split({"fashion_mnist", ""}, "train"), test = load_split({"fashion_mnist", ""}, "test");
+    const at::Tensor x_train = train.images.slice(0, 0, 3000).to(torch::kFloat).div(255).flatten(1);
+    const at::Tensor y_train = train.labels.slice(0, 0, 3000);
+    x = test.images.slice(0, 0, 300).to(torch::kFloat).div(255);
+    y = test.labels.slice(0, 0, 300);
+    torch::manual_seed(0);
+    model = torch::nn::Sequential(torch::nn::Linear(784, 64), torch::nn::ReLU(), torch::nn::Linear(64, 10));
+    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
+    for (int epoch = 0; epoch < 30; ++epoch) {
+      optimizer.zero_grad();
+      torch::nn::functional::cross_entropy(model->forward(x_train), y_train).backward();
+      optimizer.step();
+    }
+  }
+  at::Tensor correct(const at::Tensor& images) const {
+    torch::NoGradGuard no_grad;
+    return model->forward(images.flatten(1)).argmax(1).eq(y);
+  }
+  double accuracy(const at::Tensor& images) const { return correct(images).to(torch::kDouble).mean().item<double>(); }
+
+  mutable torch::nn::Sequential model{nullptr};  // forward is not const
+  at::Tensor x, y;
+};
+
+const FashionClassifier& fashion() {
+  static const FashionClassifier instance;
+  return instance;
+}
+
+// A classifier oracle that serves logits and labels only. Its loss is an error, and it records how it was
+// called: an attack that asked for the loss, sent inputs requiring grad or built a graph would show here.
+struct LogitsOnlyOracle {
+  explicit LogitsOnlyOracle(const FashionClassifier& c) : classifier(c), labels{c.y} {}
+  cfamc_oracle get() {
+    return {sizeof(cfamc_oracle), this,
+            [](void* self, const cfamc_named_tensors*, cfamc_tensor**) -> cfamc_error* {
+              ++static_cast<LogitsOnlyOracle*>(self)->loss_calls;
+              return make_error(CFAMC_ERROR_UNSUPPORTED, "this oracle has no loss");
+            },
+            [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
+              auto* o = static_cast<LogitsOnlyOracle*>(self);
+              const at::Tensor x = to_map(in)["x"];
+              o->rows += x.size(0);
+              o->inputs_requiring_grad += x.requires_grad() ? 1 : 0;
+              const at::Tensor logits = o->classifier.model->forward(x.flatten(1));
+              o->graphs_built += logits.requires_grad() ? 1 : 0;
+              *out = make_handle(logits);
+              return nullptr;
+            },
+            &labels};
+  }
+
+  const FashionClassifier& classifier;
+  cfamc_tensor labels;
+  int64_t loss_calls = 0, rows = 0, inputs_requiring_grad = 0, graphs_built = 0;
+};
+
+at::Tensor square_attack(const std::string& toml, LogitsOnlyOracle& oracle) {
+  auto square = make<Attack>(CFAMC_KIND_ATTACK, "square", toml);
+  TensorMap inputs;
+  inputs.insert("x", oracle.classifier.x);
+  return square->perturb(oracle.get(), inputs)["x"];
+}
+
+}  // namespace
+
+TEST_CASE("square lowers the accuracy of a small trained classifier, and its search beats its start", "[attack][square]") {
+  const FashionClassifier& c = fashion();
+  LogitsOnlyOracle oracle(c), start_only(c);
+  const double clean = c.accuracy(c.x);
+  const double robust = c.accuracy(square_attack("epsilon = 0.1\nqueries = 300", oracle));
+  // One iteration is little more than the vertical stripes it starts from.
+  const double robust_start = c.accuracy(square_attack("epsilon = 0.1\nqueries = 1", start_only));
+  INFO("clean " << clean << ", Square-300 " << robust << ", Square-1 " << robust_start);
+  CHECK(clean > 0.7);
+  CHECK(robust < clean);
+  CHECK(robust < robust_start);
+}
+
+TEST_CASE("square stays in the epsilon ball and [0,1], and returns images misclassified clean unchanged", "[attack][square]") {
+  const FashionClassifier& c = fashion();
+  LogitsOnlyOracle oracle(c);
+  const double eps = 0.05;
+  const at::Tensor adv = square_attack("epsilon = 0.05\nqueries = 100", oracle);
+  REQUIRE(adv.sizes() == c.x.sizes());
+  const double largest = (adv - c.x).abs().max().item<double>();
+  CHECK(largest <= eps + 1e-6);
+  CHECK(largest >= eps - 1e-6);  // it does move: the bound above is not met by doing nothing
+  CHECK(adv.min().item<double>() >= 0);
+  CHECK(adv.max().item<double>() <= 1);
+  CHECK_FALSE(adv.requires_grad());
+  const at::Tensor wrong = c.correct(c.x).logical_not();
+  REQUIRE(wrong.any().item<bool>());
+  CHECK(torch::equal(adv.index({wrong}), c.x.index({wrong})));
+}
+
+TEST_CASE("square is black-box: logits and labels only, no loss, no graph, broken images no longer queried", "[attack][square]") {
+  const FashionClassifier& c = fashion();
+  LogitsOnlyOracle oracle(c);
+  const int64_t queries = 50;
+  const at::Tensor adv = square_attack("epsilon = 0.1\nqueries = " + std::to_string(queries), oracle);
+  CHECK(oracle.loss_calls == 0);
+  CHECK(oracle.inputs_requiring_grad == 0);
+  CHECK(oracle.graphs_built == 0);
+  CHECK(c.accuracy(adv) < c.accuracy(c.x));
+  // Querying every correctly classified image at every iteration: the clean pass, the start, the iterations.
+  const int64_t n = c.x.size(0), correct = c.correct(c.x).sum().item<int64_t>();
+  INFO("rows queried " << oracle.rows << " of at most " << n + correct * (queries + 1));
+  CHECK(oracle.rows < n + correct * (queries + 1));
+}
+
+TEST_CASE("square refuses an oracle without logits or labels, naming itself", "[attack][square]") {
+  auto square = make<Attack>(CFAMC_KIND_ATTACK, "square");
+  SECTION("the training oracle: an objective's loss only") {
+    auto backbone = make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8");
+    auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                  backbone->feature_dim());
+    TensorMap clean, attacked;
+    clean.insert("view1", torch::rand({4, 3, 8, 8}));
+    clean.insert("view2", torch::rand({4, 3, 8, 8}));
+    attacked.insert("view2", clean["view2"]);
+    ObjectiveOracle oracle(*simclr, *backbone, clean);
+    try {
+      square->perturb(oracle.get(), attacked);
+      FAIL("square accepted an oracle without logits");
+    } catch (const Failure& e) {
+      CHECK(e.code() == ExitCode::plugin);
+      CHECK_THAT(std::string(e.what()), Contains("plugin 'square'"));
+      CHECK_THAT(std::string(e.what()), Contains("needs an oracle with logits and labels"));
+    }
+    CHECK(oracle.calls() == 0);
+  }
+  SECTION("logits without labels") {
+    LogitsOnlyOracle classifier(fashion());
+    cfamc_oracle unlabelled = classifier.get();
+    unlabelled.labels = nullptr;
+    TensorMap inputs;
+    inputs.insert("x", fashion().x);
+    CHECK_THROWS_WITH(square->perturb(unlabelled, inputs), Contains("needs an oracle with logits and labels"));
+    CHECK(classifier.rows == 0);
+  }
+}
