@@ -95,15 +95,15 @@ typedef enum cfamc_option_type {
   CFAMC_OPTION_STRING = 4,
   CFAMC_OPTION_INT_LIST = 5,   /* a TOML array of integers */
   CFAMC_OPTION_FLOAT_LIST = 6, /* a TOML array of numbers (fraction strings allowed) */
-  CFAMC_OPTION_STRING_LIST = 7 /* a TOML array of strings */
+  CFAMC_OPTION_STRING_LIST = 7, /* a TOML array of strings */
+  /* ABI 1.1: a modifier, OR'ed into the `type` of a CFAMC_OPTION_FLOAT or CFAMC_OPTION_FLOAT_LIST
+   * declaration: the option takes NaN and +/-inf (TOML's `nan`, `inf`, `-inf`, or the strings "nan",
+   * "inf"). Without it the host refuses them as a run-file error, so a component reading a float option may
+   * take it to be finite. A modifier of the type rather than a new field, so that `options` arrays keep
+   * their 1.0 stride: a 1.0 host refuses only a declaration that uses it. An enumerator, so that the OR'ed
+   * values lie within the enum's range in C++. */
+  CFAMC_OPTION_ACCEPTS_NONFINITE = 0x100
 } cfamc_option_type;
-
-/* ABI 1.1: OR'ed into the `type` of a CFAMC_OPTION_FLOAT or CFAMC_OPTION_FLOAT_LIST declaration, lets the
- * option take NaN and +/-inf (TOML's `nan`, `inf`, `-inf`, or the strings "nan", "inf"). Without it the host
- * refuses them as a run-file error, so a component reading a float option may take it to be finite. A
- * modifier of the type rather than a new field, so that `options` arrays keep their 1.0 stride: a 1.0 host
- * refuses only a declaration that uses it. */
-#define CFAMC_OPTION_ACCEPTS_NONFINITE 0x100
 
 /* One option of a component. The host validates the component's table of the run file against these
  * declarations before `create`, fills in defaults, and serves the values through the context.
