@@ -1,6 +1,6 @@
 // Checkpoints: every named tensor of the run (components, optimiser, trainer position, random state) in
-// one file, written atomically and carrying a checksum of its content, so a run killed at any moment
-// resumes from the newest complete one and a damaged file is recognised as such.
+// one file, written atomically and ending with a checksum of its content, so a run killed at any moment
+// resumes from the newest complete one and a damaged file is recognised as such before it is parsed.
 #pragma once
 
 #include <filesystem>
