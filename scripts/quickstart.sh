@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: setup, build, then the quickstart run (EMP-SSL on Fashion-MNIST,
-# a few minutes on a CPU): it prints the accuracies of the trained and the untrained encoder.
+# a few minutes on a CPU): it prints the accuracies of the trained encoder and of its controls, the
+# untrained encoder and the raw pixels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh

@@ -3,6 +3,9 @@
 
 #include <cmath>
 #include <limits>
+#include <sstream>
+#include <tuple>
+#include <vector>
 
 #include "config/options.hpp"
 #include "run/run_config.hpp"
@@ -288,4 +291,41 @@ TEST_CASE("component seeds differ by label and follow the run seed", "[run_file]
 TEST_CASE("nearest suggests only plausible typos", "[run_file]") {
   CHECK(nearest("stpes", {"steps", "epsilon"}) == std::optional<std::string>("steps"));
   CHECK_FALSE(nearest("completely_different", {"steps", "epsilon"}).has_value());
+}
+
+TEST_CASE("host sections: control takes false, true, \"untrained\", \"pixels\" or a list; anything else is named",
+          "[run_file][control]") {
+  cfamc::test::TempDir dir;
+  const std::string head = "[backbone]\nplugin = \"convnet\"\n[objective]\nplugin = \"simclr\"\n[[evaluate]]\nplugin = \"knn\"\n";
+  const auto controls_of = [&](const std::string& value) {
+    const auto file = dir.write("control.toml", head + "control = " + value + "\n");
+    return resolve_host_sections(load_run_file(file, {})).components[2].controls;
+  };
+  const std::vector<std::tuple<std::string, bool, bool>> accepted = {
+      {"false", false, false},       {"true", true, false},           {"\"untrained\"", true, false},
+      {"\"pixels\"", false, true},   {"[\"untrained\", \"pixels\"]", true, true}, {"[]", false, false}};
+  for (const auto& [value, untrained, pixels] : accepted) {
+    INFO(value);
+    const Controls controls = controls_of(value);
+    CHECK(controls.untrained == untrained);
+    CHECK(controls.pixels == pixels);
+    // resolved.toml writes it back in a form that reads the same.
+    const auto file = dir.write("control.toml", head + "control = " + value + "\n");
+    std::ostringstream resolved;
+    resolved << resolve_host_sections(load_run_file(file, {})).resolved();
+    const auto again = dir.write("again.toml", resolved.str());
+    const Controls reread = resolve_host_sections(load_run_file(again, {})).components[2].controls;
+    CHECK(reread.untrained == untrained);
+    CHECK(reread.pixels == pixels);
+  }
+  for (const std::string value : {"\"pixel\"", "1", "[\"pixels\", 2]", "[\"raw\"]"}) {
+    INFO(value);
+    const std::string message = failure_of([&] { controls_of(value); });
+    CHECK_THAT(message, Contains("control.toml:7:"));
+    CHECK_THAT(message, Contains("evaluate.0.control: "));
+    CHECK_THAT(message, Contains("\"untrained\", \"pixels\""));
+  }
+  CHECK_THAT(failure_of([&] { controls_of("\"pixel\""); }), Contains("no control 'pixel'"));
+  const auto misplaced = dir.write("misplaced.toml", "[backbone]\nplugin = \"convnet\"\ncontrol = \"pixels\"\n[objective]\nplugin = \"simclr\"\n");
+  CHECK_THAT(failure_of([&] { resolve_host_sections(load_run_file(misplaced, {})); }), Contains("only in [[evaluate]] entries"));
 }

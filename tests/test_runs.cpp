@@ -216,11 +216,11 @@ TEST_CASE("a view group the objective needs but the run file lacks is named", "[
   CHECK_THAT(out.output, Contains("consumes view group 'patches'; add a [views.patches] table"));
 }
 
-TEST_CASE("the untrained control draws its own random stream: the trained results are the same with it on and off",
-          "[run][control]") {
-  cfamc::test::TempDir dir;
-  // A random-start attack and a probe trained on shuffled minibatches: both draw random numbers.
-  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + R"(
+namespace {
+
+// A linear probe under a random-start attack (both draw random numbers) and a kNN, with `control` for both.
+std::string with_controls(const std::string& control) {
+  return std::string(kTinyRun) + R"(
 [attacks.rs]
 plugin = "fgsm_rs"
 epsilon = "8/255"
@@ -230,27 +230,86 @@ plugin = "linear_probe"
 epochs = 2
 attacks = ["rs"]
 robust_max_images = 40
+control = )" + control + R"(
 
 [[evaluate]]
 plugin = "knn"
 k = 5
-)");
-  const auto evaluation = [&](bool control) {
-    const std::string on = control ? "true" : "false";
-    const auto run_dir = dir.path() / ("control_" + on);
-    const auto out = run_host("--config " + file.string() + " --set run.dir=" + run_dir.string() +
-                              " --set train.epochs=1 --set evaluate.0.control=" + on + " --set evaluate.1.control=" + on);
+control = )" + control + "\n";
+}
+
+}  // namespace
+
+TEST_CASE("the controls draw their own random streams: the trained results are the same with them on and off",
+          "[run][control]") {
+  cfamc::test::TempDir dir;
+  const auto evaluation = [&](const std::string& name, const std::string& control) {
+    const auto file = dir.write(name + ".toml", with_controls(control));
+    const auto run_dir = dir.path() / name;
+    const auto out = run_host("--config " + file.string() + " --set run.dir=" + run_dir.string() + " --set train.epochs=1");
     INFO(out.output);
     REQUIRE(out.exit_code == 0);
     return read_json(run_dir / "summary.json")["eval"];
   };
-  const json without = evaluation(false), with = evaluation(true);
-  CHECK(with.contains("linear_probe_untrained"));
+  const json without = evaluation("off", "false"), untrained = evaluation("untrained", "true"),
+             both = evaluation("both", R"(["untrained", "pixels"])");
   CHECK_FALSE(without.contains("linear_probe_untrained"));
-  for (const char* id : {"linear_probe", "knn"}) {
-    INFO(id);
-    CHECK(with[id]["accuracy"] == without[id]["accuracy"]);
+  CHECK_FALSE(without.contains("linear_probe_pixels"));
+  CHECK_FALSE(untrained.contains("linear_probe_pixels"));
+  for (const json* with : {&untrained, &both}) {
+    for (const char* id : {"linear_probe", "knn"}) {
+      INFO(id);
+      CHECK((*with)[id]["accuracy"] == without[id]["accuracy"]);
+      // Nor does the pixel control change the untrained one.
+      CHECK((*with)[std::string(id) + "_untrained"]["accuracy"] == untrained[std::string(id) + "_untrained"]["accuracy"]);
+    }
+    CHECK((*with)["linear_probe"]["robust_accuracy"] == without["linear_probe"]["robust_accuracy"]);
+    CHECK((*with)["linear_probe"]["robust_subset"] == without["linear_probe"]["robust_subset"]);
   }
-  CHECK(with["linear_probe"]["robust_accuracy"] == without["linear_probe"]["robust_accuracy"]);
-  CHECK(with["linear_probe"]["robust_subset"] == without["linear_probe"]["robust_subset"]);
+  CHECK(both["linear_probe_untrained"]["robust_accuracy"] == untrained["linear_probe_untrained"]["robust_accuracy"]);
+  CHECK(both.contains("linear_probe_pixels"));
+  CHECK(both.contains("knn_pixels"));
+}
+
+TEST_CASE("control = \"pixels\" reports a classifier on raw pixels, clean and attacked end to end, and survives a resume",
+          "[run][control]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("pixels.toml", with_controls("\"pixels\""));
+  const std::string base = "--config " + file.string() + " --set run.dir=" + dir.path().string();
+  const auto first = run_host(base + " --until-step 4");
+  INFO(first.output);
+  REQUIRE(first.exit_code == 0);
+  const auto second = run_host(base + " --resume");
+  INFO(second.output);
+  REQUIRE(second.exit_code == 0);
+  const json eval = read_json(dir.path() / "summary.json")["eval"];
+  CHECK_FALSE(eval.contains("linear_probe_untrained"));
+  const json& pixels = eval["linear_probe_pixels"];
+  INFO(pixels.dump());
+  // Fashion-MNIST is far from chance on raw pixels, even with 400 training images and 2 epochs.
+  CHECK(pixels["accuracy"].get<double>() > 0.5);
+  CHECK(pixels["robust_subset"]["images"] == 40);
+  const double robust = pixels["robust_accuracy"]["rs"], clean = pixels["robust_subset"]["clean_accuracy"];
+  CHECK(robust <= clean);
+  CHECK(robust < clean);  // 8/255 through a linear map of the pixels does flip some images
+  CHECK(eval["knn_pixels"]["accuracy"].get<double>() > 0.5);
+  // Evaluated once, before the first step, and reported again after the resume from the saved file.
+  CHECK(read_json(dir.path() / "eval_untrained.json")["linear_probe_pixels"] == pixels);
+}
+
+TEST_CASE("control = \"pixels\" refuses an evaluator whose views change the image size, naming the shapes",
+          "[run][control]") {
+  cfamc::test::TempDir dir;
+  // kTinyRun's [views.crops] are 20x20 crops of the 28x28 images.
+  const auto file = dir.write("multicrop.toml", std::string(kTinyRun) + R"(
+[[evaluate]]
+plugin = "multicrop"
+group = "crops"
+epochs = 1
+control = "pixels"
+)");
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + dir.path().string());
+  CHECK(out.exit_code == 2);
+  CHECK_THAT(out.output, Contains("control = \"pixels\" encodes images of the dataset's shape 1x28x28, not 1x20x20"));
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000002.pt"));
 }

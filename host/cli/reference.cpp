@@ -131,8 +131,9 @@ std::string config_reference(const Registry& registry) {
   out << "## Components\n\n"
       << "`[backbone]` and `[objective]` are required, `[attack]` is optional, `[[evaluate]]` may repeat.\n"
       << "Each names its plugin with `plugin = \"<name>\"`; an `[[evaluate]]` entry may add `id = \"...\"`\n"
-      << "(default: the plugin name), the key of its results, and `control = true` to evaluate the untrained\n"
-      << "encoder too (under `<id>_untrained`). The remaining keys are the plugin's options:\n\n";
+      << "(default: the plugin name), the key of its results, and `control` to evaluate baselines too: `true`\n"
+      << "or `\"untrained\"` (the untrained encoder, under `<id>_untrained`), `\"pixels\"` (raw pixels as the\n"
+      << "features, under `<id>_pixels`), or a list of both. The remaining keys are the plugin's options:\n\n";
   for (const auto& [library, component] : sorted_components(registry)) {
     out << "### " << kind_name(component->kind) << " `" << component->name << "`\n\n"
         << component->summary << "\n\n";

@@ -1,6 +1,7 @@
 #include "eval/eval_services.hpp"
 
 #include <cstring>
+#include <string>
 #include <sstream>
 
 #include "failure.hpp"
@@ -11,14 +12,90 @@ namespace {
 
 EvalServices& of(void* self) { return *static_cast<EvalServices*>(self); }
 
+class ComponentEncoder : public EvalEncoder {
+ public:
+  ComponentEncoder(Backbone& backbone, Objective* objective) : backbone_(backbone), objective_(objective) {}
+
+  at::Tensor encode(cfamc_feature which, const at::Tensor& x) const override {
+    at::Tensor features = backbone_.forward(x, 0);
+    if (which == CFAMC_FEATURE_REPRESENTATION && objective_ != nullptr) return objective_->represent(features);
+    return features;
+  }
+  int64_t feature_dim(cfamc_feature which) const override {
+    const int64_t dim = backbone_.feature_dim();
+    if (which == CFAMC_FEATURE_REPRESENTATION && objective_ != nullptr) return objective_->representation_dim(dim);
+    return dim;
+  }
+  void set_training(bool training) const override {
+    backbone_.set_training(training);
+    if (objective_ != nullptr) objective_->set_training(training);
+  }
+  void visit_tensors(const TensorVisitor& visit) const override {
+    auto visit_component = [&](const Component& c) {
+      for (cfamc_tensor_role role : {CFAMC_ROLE_PARAMETER, CFAMC_ROLE_BUFFER, CFAMC_ROLE_STATE})
+        for (const auto& item : c.tensors(role)) visit(role, item.key(), item.value());
+    };
+    visit_component(backbone_);
+    if (objective_ != nullptr) visit_component(*objective_);
+  }
+
+ private:
+  Backbone& backbone_;
+  Objective* objective_;
+};
+
+std::string shape_text(at::IntArrayRef shape) {
+  std::string text;
+  for (int64_t size : shape) text += (text.empty() ? "" : "x") + std::to_string(size);
+  return text;
+}
+
+class PixelEncoder : public EvalEncoder {
+ public:
+  explicit PixelEncoder(std::vector<int64_t> image_shape) : shape_(std::move(image_shape)) {
+    for (int64_t size : shape_) dim_ *= size;
+  }
+
+  // A reshape, not a copy through a detached tensor: the attacks differentiate through it.
+  at::Tensor encode(cfamc_feature, const at::Tensor& x) const override {
+    if (x.dim() != static_cast<int64_t>(shape_.size()) + 1 || !x.sizes().slice(1).equals(shape_)) {
+      fail(ExitCode::usage, "control = \"pixels\" encodes images of the dataset's shape " + shape_text(shape_) +
+                                ", not " + shape_text(x.sizes().slice(x.dim() > 0 ? 1 : 0)) +
+                                " (views of another size, as multicrop's view groups may make, have no pixel "
+                                "control; use control = true for this evaluator)");
+    }
+    return x.reshape({x.size(0), dim_});
+  }
+  int64_t feature_dim(cfamc_feature) const override { return dim_; }
+  void set_training(bool) const override {}
+  void visit_tensors(const TensorVisitor&) const override {}
+
+ private:
+  std::vector<int64_t> shape_;
+  int64_t dim_ = 1;
+};
+
 }  // namespace
+
+std::unique_ptr<EvalEncoder> component_encoder(Backbone& backbone, Objective* objective) {
+  return std::make_unique<ComponentEncoder>(backbone, objective);
+}
+
+std::unique_ptr<EvalEncoder> pixel_encoder(std::vector<int64_t> image_shape) {
+  return std::make_unique<PixelEncoder>(std::move(image_shape));
+}
 
 EvalServices::EvalServices(Backbone& backbone, Objective* objective,
                            std::map<std::string, DatasetSplit> splits,
                            std::vector<std::pair<std::string, const Attack*>> attacks,
                            std::filesystem::path artifact_dir, ViewMaker view_maker)
-    : backbone_(backbone),
-      objective_(objective),
+    : EvalServices(component_encoder(backbone, objective), std::move(splits), std::move(attacks),
+                   std::move(artifact_dir), std::move(view_maker)) {}
+
+EvalServices::EvalServices(std::unique_ptr<EvalEncoder> encoder, std::map<std::string, DatasetSplit> splits,
+                           std::vector<std::pair<std::string, const Attack*>> attacks,
+                           std::filesystem::path artifact_dir, ViewMaker view_maker)
+    : encoder_(std::move(encoder)),
       splits_(std::move(splits)),
       attacks_(std::move(attacks)),
       artifact_dir_(std::move(artifact_dir)),
@@ -45,31 +122,19 @@ void EvalServices::offer_data_and_encoder() {
     return static_cast<cfamc_error*>(nullptr);
   };
   services_.encode = [](void* self, cfamc_feature which, const cfamc_tensor* x, cfamc_tensor** out) {
-    return guarded([&] { *out = make_handle(of(self).encode(which, x->tensor)); });
+    return guarded([&] { *out = make_handle(of(self).encoder_->encode(which, x->tensor)); });
   };
   services_.feature_dim = [](void* self, cfamc_feature which) -> int64_t {
-    auto& s = of(self);
-    const int64_t dim = s.backbone_.feature_dim();
-    if (which == CFAMC_FEATURE_REPRESENTATION && s.objective_) return s.objective_->representation_dim(dim);
-    return dim;
+    return of(self).encoder_->feature_dim(which);
   };
   services_.set_encoder_training = [](void* self, int32_t training) {
-    auto& s = of(self);
-    s.backbone_.set_training(training != 0);
-    if (s.objective_) s.objective_->set_training(training != 0);
+    of(self).encoder_->set_training(training != 0);
   };
   services_.encoder_tensors = [](void* self, const cfamc_tensor_visitor* visitor) {
-    auto& s = of(self);
-    auto visit = [&](const Component& c) {
-      for (cfamc_tensor_role role : {CFAMC_ROLE_PARAMETER, CFAMC_ROLE_BUFFER, CFAMC_ROLE_STATE}) {
-        for (const auto& item : c.tensors(role)) {
-          cfamc_tensor handle{item.value()};
-          visitor->visit(visitor->self, role, item.key().c_str(), &handle);
-        }
-      }
-    };
-    visit(s.backbone_);
-    if (s.objective_) visit(*s.objective_);
+    of(self).encoder_->visit_tensors([&](cfamc_tensor_role role, const std::string& name, const at::Tensor& value) {
+      cfamc_tensor handle{value};
+      visitor->visit(visitor->self, role, name.c_str(), &handle);
+    });
   };
   services_.make_views = [](void* self, const char* group, const cfamc_tensor* images, cfamc_tensor** out) {
     auto& s = of(self);
@@ -122,12 +187,6 @@ void EvalServices::offer_outputs() {
     }
     return path.size();
   };
-}
-
-at::Tensor EvalServices::encode(cfamc_feature which, const at::Tensor& x) const {
-  at::Tensor features = backbone_.forward(x, 0);
-  if (which == CFAMC_FEATURE_REPRESENTATION && objective_ != nullptr) return objective_->represent(features);
-  return features;
 }
 
 }  // namespace cfamc::host

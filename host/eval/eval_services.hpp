@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,36 @@ struct DatasetSplit {
   at::Tensor labels;  // int64 [N]
 };
 
+// What an evaluator sees as the encoder: the run's backbone (with the objective's representation), or a
+// host-side stand-in for a baseline such as the raw-pixel control.
+class EvalEncoder {
+ public:
+  using TensorVisitor = std::function<void(cfamc_tensor_role, const std::string& name, const at::Tensor&)>;
+  virtual ~EvalEncoder() = default;
+  // Images in [0,1] -> features, differentiable with respect to the images (the attacks go through it).
+  virtual at::Tensor encode(cfamc_feature which, const at::Tensor& x) const = 0;
+  virtual int64_t feature_dim(cfamc_feature which) const = 0;
+  virtual void set_training(bool training) const = 0;
+  virtual void visit_tensors(const TensorVisitor& visit) const = 0;
+};
+
+// The backbone, and the objective's representation when there is an objective.
+std::unique_ptr<EvalEncoder> component_encoder(Backbone& backbone, Objective* objective);
+
+// The identity on images of `image_shape` ([C, H, W]): their pixels, flattened, are the features (both the
+// backbone's and the representation), so an evaluator measures what a classifier on raw pixels achieves.
+// It has no tensors and no training mode. Images of any other shape (views that crop to another size) are
+// refused with Failure(usage): their pixels would not have the feature dimension it reports.
+std::unique_ptr<EvalEncoder> pixel_encoder(std::vector<int64_t> image_shape);
+
 class EvalServices {
  public:
   using ViewMaker = std::function<at::Tensor(const std::string& group, const at::Tensor& images)>;
 
   EvalServices(Backbone& backbone, Objective* objective, std::map<std::string, DatasetSplit> splits,
+               std::vector<std::pair<std::string, const Attack*>> attacks, std::filesystem::path artifact_dir,
+               ViewMaker view_maker = {});
+  EvalServices(std::unique_ptr<EvalEncoder> encoder, std::map<std::string, DatasetSplit> splits,
                std::vector<std::pair<std::string, const Attack*>> attacks, std::filesystem::path artifact_dir,
                ViewMaker view_maker = {});
   EvalServices(const EvalServices&) = delete;
@@ -38,10 +64,8 @@ class EvalServices {
   void offer_data_and_encoder();
   void offer_attacks();
   void offer_outputs();
-  at::Tensor encode(cfamc_feature which, const at::Tensor& x) const;
 
-  Backbone& backbone_;
-  Objective* objective_;
+  std::unique_ptr<EvalEncoder> encoder_;
   std::map<std::string, DatasetSplit> splits_;
   std::vector<std::pair<std::string, const Attack*>> attacks_;
   std::filesystem::path artifact_dir_;

@@ -14,9 +14,21 @@ std::unique_ptr<K> make(const ComponentConfig& c, const RunConfig& config, const
                         ComponentSetup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim});
 }
 
-bool named_by_a_control(const std::string& id, const RunConfig& config) {
+bool in_pass(const ComponentConfig& evaluator, EvaluationPass pass) {
+  switch (pass) {
+    case EvaluationPass::trained: return true;
+    case EvaluationPass::untrained: return evaluator.controls.untrained;
+    case EvaluationPass::pixels: return evaluator.controls.pixels;
+  }
+  return false;
+}
+
+// The trained pass makes every [attacks.<id>]; a control only those its evaluators name.
+bool needed_in_pass(const std::string& attack_id, const RunConfig& config, EvaluationPass pass) {
+  if (pass == EvaluationPass::trained) return true;
   return std::any_of(config.components.begin(), config.components.end(), [&](const ComponentConfig& c) {
-    return c.role == Role::evaluator && c.control && std::find(c.attacks.begin(), c.attacks.end(), id) != c.attacks.end();
+    return c.role == Role::evaluator && in_pass(c, pass) &&
+           std::find(c.attacks.begin(), c.attacks.end(), attack_id) != c.attacks.end();
   });
 }
 
@@ -35,21 +47,31 @@ Assembly assemble(const RunConfig& config, const Registry& registry, const std::
     a.named_attacks.emplace_back(entry.attack,
                                  make<Attack>(*config.named_attack(entry.attack), config, registry, device, feature_dim));
   }
-  a.evaluation = assemble_evaluation(config, registry, device, feature_dim, /*controls_only=*/false);
+  a.evaluation = assemble_evaluation(config, registry, device, feature_dim, EvaluationPass::trained);
   return a;
 }
 
 Evaluation assemble_evaluation(const RunConfig& config, const Registry& registry, const std::string& device,
-                               int64_t feature_dim, bool controls_only) {
+                               int64_t feature_dim, EvaluationPass pass) {
   Evaluation e;
+  e.pass = pass;
   for (const auto& c : config.components) {
-    if (c.role == Role::named_attack && (!controls_only || named_by_a_control(c.id, config))) {
+    if (c.role == Role::named_attack && needed_in_pass(c.id, config, pass)) {
       e.attacks.emplace_back(c.id, make<Attack>(c, config, registry, device, feature_dim));
-    } else if (c.role == Role::evaluator && (c.control || !controls_only)) {
+    } else if (c.role == Role::evaluator && in_pass(c, pass)) {
       e.evaluators.emplace_back(&c, make<Evaluator>(c, config, registry, device, feature_dim));
     }
   }
   return e;
+}
+
+std::string suffix_of(EvaluationPass pass) {
+  switch (pass) {
+    case EvaluationPass::trained: return "";
+    case EvaluationPass::untrained: return "_untrained";
+    case EvaluationPass::pixels: return "_pixels";
+  }
+  return "";
 }
 
 std::vector<std::pair<std::string, const Attack*>> Evaluation::attacks_for(const ComponentConfig& evaluator) const {

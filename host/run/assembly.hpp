@@ -12,10 +12,22 @@
 
 namespace cfamc::host {
 
-// The evaluators and the [attacks.<id>] they name. Each evaluation pass (the untrained controls, the
-// trained encoder) gets its own, made from the same seeds, so that one pass draws nothing from the random
-// streams of the other.
+// What an evaluation pass evaluates: the trained encoder, or one of the controls (`control` of an
+// [[evaluate]] entry), which are evaluated before the first step.
+enum class EvaluationPass {
+  trained,    // every evaluator, results under "<id>"
+  untrained,  // the encoder as initialised, "<id>_untrained"
+  pixels,     // the raw pixels in place of the encoder, "<id>_pixels"
+};
+
+// The key suffix of a pass's results: "", "_untrained", "_pixels".
+std::string suffix_of(EvaluationPass pass);
+
+// The evaluators and the [attacks.<id>] they name. Each evaluation pass (each control, the trained
+// encoder) gets its own, made from the same seeds, so that one pass draws nothing from the random
+// streams of another.
 struct Evaluation {
+  EvaluationPass pass = EvaluationPass::trained;
   std::vector<std::pair<const ComponentConfig*, std::unique_ptr<Evaluator>>> evaluators;
   std::vector<std::pair<std::string, std::unique_ptr<Attack>>> attacks;  // by id
 
@@ -37,10 +49,11 @@ struct Assembly {
 
 Assembly assemble(const RunConfig& config, const Registry& registry, const std::string& device);
 
-// An evaluation pass: every evaluator and [attacks.<id>] of `config`, or only the evaluators with
-// `control = true` and the attacks they name when `controls_only`.
+// An evaluation pass: for the trained encoder every evaluator and [attacks.<id>] of `config`; for a control
+// only the evaluators that ask for it and the attacks they name. `feature_dim` is what the pass's encoder
+// gives (the backbone's, or C*H*W for the pixels).
 Evaluation assemble_evaluation(const RunConfig& config, const Registry& registry, const std::string& device,
-                               int64_t feature_dim, bool controls_only);
+                               int64_t feature_dim, EvaluationPass pass);
 
 // The run file's recipes of the view groups the objective consumes, in its order; Failure(usage) naming a
 // group the run file lacks.

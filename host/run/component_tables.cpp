@@ -25,20 +25,48 @@ const toml::node& plugin_node(const toml::table& table, const std::string& label
   return *node;
 }
 
+// `control`: false, true (the same as "untrained"), the name of a control, or a list of names. A typo
+// must not silently drop a baseline, so anything else is refused, listing what is allowed.
+Controls read_controls(const toml::node& node, const ComponentConfig& c, const RunFile& run_file) {
+  const auto refuse = [&](const std::string& what) {
+    fail(ExitCode::usage, location_of(node, run_file.file) + ": " + c.label + ".control: " + what +
+                              "expected false, true (the untrained encoder), \"untrained\", \"pixels\" or a list "
+                              "such as [\"untrained\", \"pixels\"], and only in [[evaluate]] entries");
+  };
+  if (c.role != Role::evaluator) refuse("");
+  Controls controls;
+  if (const auto* flag = node.as_boolean()) {
+    controls.untrained = flag->get();
+    return controls;
+  }
+  const auto add = [&](const toml::node& name) {
+    if (!name.is_string()) refuse("");
+    const std::string value = name.value_or(std::string());
+    if (value == "untrained") {
+      controls.untrained = true;
+    } else if (value == "pixels") {
+      controls.pixels = true;
+    } else {
+      refuse("no control '" + value + "'; ");
+    }
+  };
+  if (const toml::array* names = node.as_array()) {
+    for (const auto& name : *names) add(name);
+  } else {
+    add(node);
+  }
+  return controls;
+}
+
 void read_evaluator_keys(ComponentConfig& c, const toml::table& table, const RunFile& run_file) {
   if (const toml::node* id = table.get("id"); id && (!id->is_string() || id->as_string()->get().empty())) {
     fail(ExitCode::usage, location_of(*id, run_file.file) + ": " + c.label + ".id: expected a non-empty string");
   }
-  if (const toml::node* control = table.get("control")) {
-    if (c.role != Role::evaluator || !control->is_boolean()) {
-      fail(ExitCode::usage, location_of(*control, run_file.file) + ": " + c.label +
-                                ".control: a boolean, and only in [[evaluate]] entries");
-    }
-    c.control = control->as_boolean()->get();
-  }
+  if (const toml::node* control = table.get("control")) c.controls = read_controls(*control, c, run_file);
   if (const toml::node* attacks = table.get("attacks")) {
     const toml::array* ids = attacks->as_array();
-    if (c.role != Role::evaluator || ids == nullptr || !ids->is_homogeneous(toml::node_type::string)) {
+    // An empty list is homogeneous to no type in toml++, and resolved.toml writes `attacks = []`.
+    if (c.role != Role::evaluator || ids == nullptr || (!ids->empty() && !ids->is_homogeneous(toml::node_type::string))) {
       fail(ExitCode::usage, location_of(*attacks, run_file.file) + ": " + c.label +
                                 ".attacks: a list of [attacks.<id>] names, and only in [[evaluate]] entries");
     }

@@ -40,14 +40,21 @@ void add_robustness_curve(json& metrics, const ComponentConfig& evaluator, const
   write_curve_svg(curve, id + ": accuracy under attack", run_dir / "artifacts" / id / "robustness_curve.svg");
 }
 
+std::vector<int64_t> image_shape(const EvaluationData& data) { return data.train.images.sizes().slice(1).vec(); }
+
+std::unique_ptr<EvalEncoder> encoder_for(EvaluationPass pass, const Assembly& assembly, const EvaluationData& data) {
+  if (pass == EvaluationPass::pixels) return pixel_encoder(image_shape(data));
+  return component_encoder(*assembly.backbone, assembly.objective.get());
+}
+
 }  // namespace
 
 json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, const EvaluationData& data,
-                    const RunConfig& config, const std::filesystem::path& run_dir, const std::string& suffix) {
+                    const RunConfig& config, const std::filesystem::path& run_dir) {
   json results = json::object();
   for (const auto& [component, evaluator] : evaluation.evaluators) {
-    const std::string id = component->id + suffix;
-    EvalServices services(*assembly.backbone, assembly.objective.get(), {{"train", data.train}, {"test", data.test}},
+    const std::string id = component->id + suffix_of(evaluation.pass);
+    EvalServices services(encoder_for(evaluation.pass, assembly, data), {{"train", data.train}, {"test", data.test}},
                           evaluation.attacks_for(*component), run_dir / "artifacts" / id,
                           view_maker_for(*component, config));
     const auto start = std::chrono::steady_clock::now();
@@ -57,6 +64,20 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
     add_robustness_curve(metrics, *component, config, id, run_dir);
     log(LogLevel::info, "evaluation " + id + ": " + services.metrics().dump());
     results[id] = metrics;
+  }
+  return results;
+}
+
+json run_controls(const Assembly& assembly, const EvaluationData& data, const RunConfig& config,
+                  const Registry& registry, const std::string& device, const std::filesystem::path& run_dir) {
+  json results = json::object();
+  int64_t pixels_dim = 1;
+  for (int64_t size : image_shape(data)) pixels_dim *= size;
+  for (const auto& [pass, feature_dim] : {std::pair{EvaluationPass::untrained, assembly.backbone->feature_dim()},
+                                          std::pair{EvaluationPass::pixels, pixels_dim}}) {
+    const Evaluation controls = assemble_evaluation(config, registry, device, feature_dim, pass);
+    if (controls.evaluators.empty()) continue;
+    results.update(run_evaluation(controls, assembly, data, config, run_dir));
   }
   return results;
 }

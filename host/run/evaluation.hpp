@@ -16,9 +16,15 @@ struct EvaluationData {
   DatasetSplit train, test;
 };
 
-// Runs every evaluator of `evaluation` against the run's encoder. Results are keyed by evaluator id, with
-// `suffix` appended ("_untrained" for the controls); artifacts go to run_dir/artifacts/<id><suffix>/.
+// Runs every evaluator of `evaluation` against its pass's encoder (the run's, or the pixels). Results are
+// keyed by evaluator id with the pass's suffix ("_untrained", "_pixels" for the controls); artifacts go to
+// run_dir/artifacts/<id><suffix>/.
 nlohmann::json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, const EvaluationData& data,
-                              const RunConfig& config, const std::filesystem::path& run_dir, const std::string& suffix);
+                              const RunConfig& config, const std::filesystem::path& run_dir);
+
+// Every control the evaluators ask for, each pass with evaluators and attacks of its own (the untrained
+// encoder, then the pixels), before the first step; their results together.
+nlohmann::json run_controls(const Assembly& assembly, const EvaluationData& data, const RunConfig& config,
+                            const Registry& registry, const std::string& device, const std::filesystem::path& run_dir);
 
 }  // namespace cfamc::host

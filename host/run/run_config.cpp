@@ -74,6 +74,17 @@ void read_attack_schedule(RunConfig& config, const RunFile& run_file) {
   }
 }
 
+// `control` as a run file writes it, so that resolved.toml reads back the same.
+void insert_controls(toml::table& t, const Controls& controls) {
+  if (controls.untrained && controls.pixels) {
+    t.insert("control", toml::array{"untrained", "pixels"});
+  } else if (controls.pixels) {
+    t.insert("control", "pixels");
+  } else {
+    t.insert("control", controls.untrained);
+  }
+}
+
 }  // namespace
 
 cfamc_kind kind_of(Role role) {
@@ -180,7 +191,7 @@ toml::table RunConfig::resolved() const {
     switch (c.role) {
       case Role::evaluator: {
         t.insert("id", c.id);
-        t.insert("control", c.control);
+        insert_controls(t, c.controls);
         toml::array ids;
         for (const auto& id : c.attacks) ids.push_back(id);
         t.insert("attacks", std::move(ids));

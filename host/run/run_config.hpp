@@ -31,6 +31,14 @@ enum class Role {
 };
 cfamc_kind kind_of(Role role);
 
+// The baselines an evaluator also reports, each evaluated before the first step: `control` in the run file
+// (false; true or "untrained"; "pixels"; or a list of the names).
+struct Controls {
+  bool untrained = false;  // the encoder as initialised, as "<id>_untrained"
+  bool pixels = false;     // the images' raw pixels as features, as "<id>_pixels"
+  bool any() const { return untrained || pixels; }
+};
+
 struct ComponentConfig {
   Role role;
   std::string label;    // "backbone", "attack", "attacks.pgd8", "evaluate.knn": where it sits, and its log prefix
@@ -38,7 +46,7 @@ struct ComponentConfig {
   std::string plugin;   // the component name the registry knows
   toml::table options;  // validated, defaults filled in, without the host's reserved keys
   const ComponentInfo* info = nullptr;
-  bool control = false;  // evaluators: also evaluate the untrained encoder, as "<id>_untrained"
+  Controls controls;     // evaluators: the baselines also evaluated
   std::vector<std::string> attacks;  // evaluators: ids of [attacks.<id>] to evaluate robustness under
   toml::table host_options;          // the training attack: bn_mode, from_epoch, accumulate_weight_grads
 };

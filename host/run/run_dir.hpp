@@ -25,6 +25,7 @@ class RunDirectory {
   std::filesystem::path checkpoints() const { return dir_ / "checkpoints"; }
   std::filesystem::path metrics() const { return dir_ / "metrics.jsonl"; }
   std::filesystem::path summary() const { return dir_ / "summary.json"; }
+  // Every control's results (the untrained encoder's and the pixels'), kept for a resumed run.
   std::filesystem::path untrained() const { return dir_ / "eval_untrained.json"; }
   std::filesystem::path resolved() const { return dir_ / "resolved.toml"; }
 

@@ -75,7 +75,7 @@ json schedule_json(const RunConfig& config) {
   return entries;
 }
 
-// One run, top to bottom: start (fresh with the untrained controls, or resumed), train, evaluate, summarise.
+// One run, top to bottom: start (fresh with the controls, or resumed), train, evaluate, summarise.
 class TrainingRun {
  public:
   TrainingRun(const RunConfig& config, const Registry& registry, const RunRequest& request);
@@ -113,7 +113,7 @@ class TrainingRun {
   RunState state_;
   TrainStep step_runner_;
   int64_t step_ = 0, first_step_ = 0;
-  json untrained_ = json::object();
+  json controls_ = json::object();
   std::optional<fs::path> last_checkpoint_;
   const Attack* current_attack_ = nullptr;
   Clock::time_point train_start_;
@@ -171,7 +171,7 @@ bool TrainingRun::resume() {
     last_checkpoint_ = it->second;
     log(LogLevel::info, "resumed from " + it->second.string() + " at step " + std::to_string(step_));
     request_.dir.drop_metrics_after(step_);
-    if (std::ifstream in(request_.dir.untrained()); in) untrained_ = json::parse(in, nullptr, false);
+    if (std::ifstream in(request_.dir.untrained()); in) controls_ = json::parse(in, nullptr, false);
     return true;
   }
   if (!all.empty()) {
@@ -184,10 +184,8 @@ bool TrainingRun::resume() {
 
 void TrainingRun::start_fresh() {
   request_.dir.prepare_fresh_start(request_.fresh, config_.file);
-  const Evaluation controls =
-      assemble_evaluation(config_, registry_, request_.device, assembly_.backbone->feature_dim(), /*controls_only=*/true);
-  untrained_ = run_evaluation(controls, assembly_, data_, config_, request_.dir.path(), "_untrained");
-  write_file_atomically(request_.dir.untrained(), untrained_.dump(2));
+  controls_ = run_controls(assembly_, data_, config_, registry_, request_.device, request_.dir.path());
+  write_file_atomically(request_.dir.untrained(), controls_.dump(2));
 }
 
 // The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
@@ -318,8 +316,8 @@ void TrainingRun::log_metrics(const LossResult& result) {
 }
 
 void TrainingRun::finish() {
-  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.dir.path(), "");
-  for (auto& [id, metrics] : untrained_.items()) eval[id] = metrics;
+  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.dir.path());
+  for (auto& [id, metrics] : controls_.items()) eval[id] = metrics;
   const StepCounts& counts = step_runner_.counts();
   const double images = static_cast<double>((step_ - first_step_) * train_.batch_size);
   const double crops = static_cast<double>(counts.backward_passes * train_.batch_size * views_per_image_);

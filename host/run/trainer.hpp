@@ -1,5 +1,5 @@
 // A whole run: data onto the device, components assembled, the training loop of the design brief,
-// evaluation (with untrained controls), and the run directory's metrics.jsonl, summary.json and
+// evaluation (with the controls: untrained encoder, raw pixels), and the run directory's metrics.jsonl, summary.json and
 // checkpoints.
 #pragma once
 
