@@ -13,27 +13,14 @@
 #include "plugins/components.hpp"
 #include "plugins/tensor_handle.hpp"
 #include "train/objective_oracle.hpp"
+#include "make_component.hpp"
 #include "support.hpp"
 
 using namespace cfamc::host;
+using cfamc::test::make;
 using Catch::Matchers::Contains;
 
 namespace {
-
-const Registry& registry() {
-  static const Registry instance = Registry::discover(
-      {CFAMC_PLUGIN_BUILD_DIR, cfamc::test::test_plugin("c_shift"), cfamc::test::test_plugin("throwing")}, host_api());
-  return instance;
-}
-
-// A component of `kind` named `name`, its options `toml` validated and defaulted as the host does.
-template <class K>
-std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "",
-                        int64_t feature_dim = 0, const std::string& device = "cpu") {
-  const ComponentInfo& info = registry().find(kind, name);
-  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, device, feature_dim};
-  return instantiate<K>(registry(), info, std::move(setup));
-}
 
 std::unique_ptr<Backbone> convnet(const std::string& toml = "width = 8") {
   return make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", toml);

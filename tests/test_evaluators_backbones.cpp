@@ -8,23 +8,13 @@
 #include "config/options.hpp"
 #include "eval/eval_services.hpp"
 #include "plugins/components.hpp"
+#include "make_component.hpp"
 #include "support.hpp"
 
 using namespace cfamc::host;
+using cfamc::test::make;
 
 namespace {
-
-const Registry& registry() {
-  static const Registry instance = Registry::discover({CFAMC_PLUGIN_BUILD_DIR}, host_api());
-  return instance;
-}
-
-template <class K>
-std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "", int64_t feature_dim = 0) {
-  const ComponentInfo& info = registry().find(kind, name);
-  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, "cpu", feature_dim};
-  return instantiate<K>(registry(), info, std::move(setup));
-}
 
 std::unique_ptr<Backbone> backbone(const std::string& name, const std::string& toml = "") {
   return make<Backbone>(CFAMC_KIND_BACKBONE, name, toml);

@@ -6,28 +6,17 @@
 #include "config/options.hpp"
 #include "data/datasets.hpp"
 #include "failure.hpp"
+#include "make_component.hpp"
 #include "plugins/components.hpp"
 #include "plugins/context.hpp"
 #include "plugins/tensor_handle.hpp"
 #include "train/objective_oracle.hpp"
 
 using namespace cfamc::host;
+using cfamc::test::make;
 using Catch::Matchers::Contains;
 
 namespace {
-
-// As test_components.cpp makes components: the build tree's plugins, options validated as the host does.
-const Registry& registry() {
-  static const Registry instance = Registry::discover({CFAMC_PLUGIN_BUILD_DIR}, host_api());
-  return instance;
-}
-
-template <class K>
-std::unique_ptr<K> make(cfamc_kind kind, const std::string& name, const std::string& toml = "", int64_t feature_dim = 0) {
-  const ComponentInfo& info = registry().find(kind, name);
-  ComponentSetup setup{name, resolve_options(toml::parse(toml), info.options, name, "test"), 1234, "cpu", feature_dim};
-  return instantiate<K>(registry(), info, std::move(setup));
-}
 
 // The APGD test's classifier: a two-layer MLP trained briefly on Fashion-MNIST (Debian's package), and the
 // first 300 test images. Trained once, shared by the tests.
