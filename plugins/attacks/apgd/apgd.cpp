@@ -130,13 +130,34 @@ class APGD : public cfamc::Attack {
     return {dlr(logits, oracle.labels(), target), logits};
   }
 
+  // Where a sample is misclassified at x_adv, x_adv becomes its answer: a classifier attack returns a
+  // misclassified point when it found one, not merely the highest loss.
+  static void keep_fooled(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& x_adv,
+                          at::Tensor& x_best_adv) {
+    x_best_adv = at::where(expand(logits.argmax(1).ne(labels), x_adv), x_adv, x_best_adv);
+  }
+
+  // A random start on the sphere of the L-inf ball, as AutoAttack draws it.
+  at::Tensor random_start(const at::Tensor& x) {
+    const at::Tensor t = (2 * torch::rand(x.sizes(), generator_) - 1).to(x.device());
+    return (x + epsilon_ * t / expand(t.flatten(1).abs().amax(1), x)).clamp(0, 1);
+  }
+
+  // APGD's step: a signed-gradient step of `step` per sample, then momentum a towards it from x_old, each
+  // projected onto the ball around x and onto [0,1].
+  at::Tensor momentum_step(const at::Tensor& x, const at::Tensor& x_adv, const at::Tensor& x_old,
+                           const at::Tensor& grad, const at::Tensor& step, double a) const {
+    torch::NoGradGuard no_grad;
+    const at::Tensor lower = x - epsilon_, upper = x + epsilon_;
+    const at::Tensor z = torch::min(torch::max(x_adv + expand(step, x) * grad.sign(), lower), upper).clamp(0, 1);
+    return torch::min(torch::max(x_adv + (z - x_adv) * a + (x_adv - x_old) * (1 - a), lower), upper).clamp(0, 1);
+  }
+
   at::Tensor run(const cfamc::Oracle& oracle, const std::string& key, const at::Tensor& x, const at::Tensor& target,
                  bool classifier) {
     const int64_t n = x.size(0);
     const auto per_sample = [&](const at::Tensor& v) { return expand(v, x); };
-    // Random start on the sphere of the L-inf ball, as AutoAttack draws it.
-    const at::Tensor t = (2 * torch::rand(x.sizes(), generator_) - 1).to(x.device());
-    at::Tensor x_adv = (x + epsilon_ * t / per_sample(t.flatten(1).abs().amax(1))).clamp(0, 1);
+    at::Tensor x_adv = random_start(x);
     at::Tensor x_best = x_adv.clone(), x_best_adv = x_adv.clone(), x_old = x_adv.clone();
     at::Tensor step = torch::full({n}, 2 * epsilon_, x.options());
 
@@ -148,10 +169,7 @@ class APGD : public cfamc::Attack {
     };
     auto [grad, loss, logits] = gradient(x_adv);
     at::Tensor grad_best = grad.clone(), loss_best = loss.clone();
-    if (classifier) {
-      const at::Tensor fooled = logits.argmax(1).ne(oracle.labels());
-      x_best_adv = at::where(per_sample(fooled), x_adv, x_best_adv);
-    }
+    if (classifier) keep_fooled(logits, oracle.labels(), x_adv, x_best_adv);
     // Checkpoints: the first after 22% of the steps, then shorter intervals down to 6%.
     int64_t interval = std::max<int64_t>(static_cast<int64_t>(0.22 * steps_), 1);
     const int64_t min_interval = std::max<int64_t>(static_cast<int64_t>(0.06 * steps_), 1);
@@ -163,21 +181,12 @@ class APGD : public cfamc::Attack {
     at::Tensor loss_previous = loss.clone();
 
     for (int64_t i = 0; i < steps_; ++i) {
-      {
-        torch::NoGradGuard no_grad;
-        const at::Tensor momentum_term = x_adv - x_old;
-        x_old = x_adv;
-        const double a = i > 0 ? 0.75 : 1.0;
-        const at::Tensor lower = x - epsilon_, upper = x + epsilon_;
-        at::Tensor z = torch::min(torch::max(x_adv + per_sample(step) * grad.sign(), lower), upper).clamp(0, 1);
-        x_adv = torch::min(torch::max(x_adv + (z - x_adv) * a + momentum_term * (1 - a), lower), upper).clamp(0, 1);
-      }
+      const at::Tensor next = momentum_step(x, x_adv, x_old, grad, step, i > 0 ? 0.75 : 1.0);
+      x_old = x_adv;
+      x_adv = next;
       std::tie(grad, loss, logits) = gradient(x_adv);
       torch::NoGradGuard no_grad;
-      if (classifier) {
-        const at::Tensor fooled = logits.argmax(1).ne(oracle.labels());
-        x_best_adv = at::where(per_sample(fooled), x_adv, x_best_adv);
-      }
+      if (classifier) keep_fooled(logits, oracle.labels(), x_adv, x_best_adv);
       increases += loss.gt(loss_previous).to(increases.scalar_type());
       loss_previous = loss;
       const at::Tensor improved = loss.gt(loss_best);
