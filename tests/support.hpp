@@ -10,6 +10,9 @@
 #include <random>
 #include <string>
 
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
 #include "files.hpp"
 
 namespace cfamc::test {
@@ -59,5 +62,20 @@ inline Outcome run_host(const std::string& args, const std::string& plugin_path 
 }
 
 inline std::string test_plugin(const std::string& folder) { return std::string(CFAMC_TEST_PLUGIN_DIR) + "/" + folder; }
+
+// {tag: [[step, value], ...]} as TensorBoard reads `dir`.
+inline nlohmann::json read_with_tensorboard(const std::filesystem::path& dir) {
+  const std::string python = CFAMC_TEST_PYTHON;
+  if (python.empty()) FAIL("CFAMC_TEST_PYTHON is empty: run scripts/setup.sh or set it when configuring");
+  const auto outcome = run_shell("'" + python + "' '" + CFAMC_SOURCE_DIR "/tests/python/read_events.py' '" +
+                                              dir.string() + "'");
+  INFO(outcome.output);
+  REQUIRE(outcome.exit_code == 0);
+  // The JSON is the last line: TensorBoard may warn on stderr, which run_shell merges in.
+  std::string text = outcome.output;
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  const size_t line_end = text.rfind('\n');
+  return nlohmann::json::parse(line_end == std::string::npos ? text : text.substr(line_end + 1));
+}
 
 }  // namespace cfamc::test

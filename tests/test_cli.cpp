@@ -86,7 +86,7 @@ TEST_CASE("bad run files exit 2 with one line", "[cli]") {
     const auto out = run_host("--config " + kSimclrPgd + " --validate --set attack.epsilon=-1");
     CHECK(out.exit_code == 2);
     check_one_line_error(out);
-    CHECK_THAT(out.output, Contains("plugin 'pgd' (attack): epsilon, step_size and steps must not be negative"));
+    CHECK_THAT(out.output, Contains("plugin 'pgd' (attack): epsilon, step_size, steps and normal_start must not be negative"));
   }
   SECTION("missing file") {
     const auto out = run_host("--config /nonexistent.toml --validate");

@@ -13,6 +13,7 @@
 #include "plugins/components.hpp"
 #include "plugins/tensor_handle.hpp"
 #include "train/objective_oracle.hpp"
+#include "fashion_classifier.hpp"
 #include "make_component.hpp"
 #include "support.hpp"
 
@@ -238,45 +239,14 @@ TEST_CASE("free: the perturbation persists across replays and minibatches and fo
 }
 
 TEST_CASE("APGD is at least as strong as PGD-20 on a small trained classifier", "[attack][apgd]") {
-  // A two-layer MLP trained briefly on Fashion-MNIST (Debian's package), attacked at eps 0.1.
-  const ImageSet train = load_split({"fashion_mnist", ""}, "train"), test = load_split({"fashion_mnist", ""}, "test");
-  const at::Tensor x_train = train.images.slice(0, 0, 3000).to(torch::kFloat).div(255).flatten(1);
-  const at::Tensor y_train = train.labels.slice(0, 0, 3000);
-  const at::Tensor x_test = test.images.slice(0, 0, 300).to(torch::kFloat).div(255);
-  const at::Tensor y_test = test.labels.slice(0, 0, 300);
-  torch::manual_seed(0);
-  torch::nn::Sequential model(torch::nn::Linear(784, 64), torch::nn::ReLU(), torch::nn::Linear(64, 10));
-  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
-  for (int epoch = 0; epoch < 30; ++epoch) {
-    optimizer.zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(x_train), y_train).backward();
-    optimizer.step();
-  }
-  struct Classifier {
-    torch::nn::Sequential& model;
-    const at::Tensor& labels;
-    at::Tensor logits(const cfamc_named_tensors* in) { return model->forward(to_map(in)["x"].flatten(1)); }
-  } classifier{model, y_test};
-  cfamc_tensor labels{y_test};
-  const cfamc_oracle oracle{
-      sizeof(cfamc_oracle), &classifier,
-      [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
-        auto* c = static_cast<Classifier*>(self);
-        *out = make_handle(torch::nn::functional::cross_entropy(
-            c->logits(in), c->labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone)));
-        return nullptr;
-      },
-      [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
-        *out = make_handle(static_cast<Classifier*>(self)->logits(in));
-        return nullptr;
-      },
-      &labels};
+  // The shared Fashion-MNIST classifier (fashion_classifier.hpp), attacked at eps 0.1.
+  const cfamc::test::FashionClassifier& c = cfamc::test::fashion();
+  cfamc::test::ClassifierOracle classifier(false);
+  const cfamc_oracle oracle = classifier.get();
+  const at::Tensor& x_test = c.x;
   TensorMap inputs;
   inputs.insert("x", x_test);
-  const auto accuracy = [&](const at::Tensor& x) {
-    torch::NoGradGuard no_grad;
-    return model->forward(x.flatten(1)).argmax(1).eq(y_test).to(torch::kDouble).mean().item<double>();
-  };
+  const auto accuracy = [&](const at::Tensor& x) { return c.accuracy(x); };
   const double clean = accuracy(x_test);
   auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "epsilon = 0.1\nstep_size = 0.025\nsteps = 20");
   auto apgd = make<Attack>(CFAMC_KIND_ATTACK, "apgd", "epsilon = 0.1\nsteps = 50");

@@ -313,3 +313,33 @@ control = "pixels"
   CHECK_THAT(out.output, Contains("control = \"pixels\" encodes images of the dataset's shape 1x28x28, not 1x20x20"));
   CHECK_FALSE(std::filesystem::exists(dir.path() / "checkpoints" / "step-000000002.pt"));
 }
+
+TEST_CASE("TensorBoard reads every metrics.jsonl scalar and the final evaluation from the run directory",
+          "[run][tensorboard]") {
+  cfamc::test::TempDir dir;
+  const auto file = dir.write("tiny.toml", std::string(kTinyRun) + "\n[[evaluate]]\nplugin = \"knn\"\n");
+  const auto out = run_host("--config " + file.string() + " --set run.dir=" + (dir.path() / "run").string());
+  INFO(out.output);
+  REQUIRE(out.exit_code == 0);
+  const json read = cfamc::test::read_with_tensorboard(dir.path() / "run" / "tensorboard");
+  const auto lines = read_lines(dir.path() / "run" / "metrics.jsonl");
+  REQUIRE(lines.size() == 8);
+  for (const char* key : {"loss", "lr", "epoch"}) {
+    const json& points = read["train/" + std::string(key)];
+    REQUIRE(points.size() == lines.size());
+    for (size_t i = 0; i < lines.size(); ++i) {
+      CHECK(points[i][0] == lines[i]["step"]);
+      CHECK(static_cast<float>(points[i][1].get<double>()) == static_cast<float>(lines[i][key].get<double>()));
+    }
+  }
+  const json summary = read_json(dir.path() / "run" / "summary.json");
+  REQUIRE(read.contains("eval/knn/accuracy"));
+  CHECK(read["eval/knn/accuracy"][0][0] == 16);
+  CHECK(static_cast<float>(read["eval/knn/accuracy"][0][1].get<double>()) ==
+        static_cast<float>(summary["eval"]["knn"]["accuracy"].get<double>()));
+
+  const auto off = run_host("--config " + file.string() + " --set run.dir=" + (dir.path() / "off").string() +
+                            " --set run.tensorboard=false --until-step 2");
+  REQUIRE(off.exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "off" / "tensorboard"));
+}

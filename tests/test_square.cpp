@@ -4,7 +4,7 @@
 #include "torch_catch.hpp"
 
 #include "config/options.hpp"
-#include "data/datasets.hpp"
+#include "fashion_classifier.hpp"
 #include "failure.hpp"
 #include "make_component.hpp"
 #include "plugins/components.hpp"
@@ -14,70 +14,12 @@
 
 using namespace cfamc::host;
 using cfamc::test::make;
+using cfamc::test::fashion;
+using cfamc::test::FashionClassifier;
+using cfamc::test::LogitsOnlyOracle;
 using Catch::Matchers::Contains;
 
 namespace {
-
-// The APGD test's classifier: a two-layer MLP trained briefly on Fashion-MNIST (Debian's package), and the
-// first 300 test images. Trained once, shared by the tests.
-struct FashionClassifier {
-  FashionClassifier() {
-    const ImageSet train = load_split({"fashion_mnist", ""}, "train"), test = load_split({"fashion_mnist", ""}, "test");
-    const at::Tensor x_train = train.images.slice(0, 0, 3000).to(torch::kFloat).div(255).flatten(1);
-    const at::Tensor y_train = train.labels.slice(0, 0, 3000);
-    x = test.images.slice(0, 0, 300).to(torch::kFloat).div(255);
-    y = test.labels.slice(0, 0, 300);
-    torch::manual_seed(0);
-    model = torch::nn::Sequential(torch::nn::Linear(784, 64), torch::nn::ReLU(), torch::nn::Linear(64, 10));
-    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
-    for (int epoch = 0; epoch < 30; ++epoch) {
-      optimizer.zero_grad();
-      torch::nn::functional::cross_entropy(model->forward(x_train), y_train).backward();
-      optimizer.step();
-    }
-  }
-  at::Tensor correct(const at::Tensor& images) const {
-    torch::NoGradGuard no_grad;
-    return model->forward(images.flatten(1)).argmax(1).eq(y);
-  }
-  double accuracy(const at::Tensor& images) const { return correct(images).to(torch::kDouble).mean().item<double>(); }
-
-  mutable torch::nn::Sequential model{nullptr};  // forward is not const
-  at::Tensor x, y;
-};
-
-const FashionClassifier& fashion() {
-  static const FashionClassifier instance;
-  return instance;
-}
-
-// A classifier oracle that serves logits and labels only. Its loss is an error, and it records how it was
-// called: an attack that asked for the loss, sent inputs requiring grad or built a graph would show here.
-struct LogitsOnlyOracle {
-  explicit LogitsOnlyOracle(const FashionClassifier& c) : classifier(c), labels{c.y} {}
-  cfamc_oracle get() {
-    return {sizeof(cfamc_oracle), this,
-            [](void* self, const cfamc_named_tensors*, cfamc_tensor**) -> cfamc_error* {
-              ++static_cast<LogitsOnlyOracle*>(self)->loss_calls;
-              return make_error(CFAMC_ERROR_UNSUPPORTED, "this oracle has no loss");
-            },
-            [](void* self, const cfamc_named_tensors* in, cfamc_tensor** out) -> cfamc_error* {
-              auto* o = static_cast<LogitsOnlyOracle*>(self);
-              const at::Tensor x = to_map(in)["x"];
-              o->rows += x.size(0);
-              o->inputs_requiring_grad += x.requires_grad() ? 1 : 0;
-              const at::Tensor logits = o->classifier.model->forward(x.flatten(1));
-              o->graphs_built += logits.requires_grad() ? 1 : 0;
-              *out = make_handle(logits);
-              return nullptr;
-            },
-            &labels};
-  }
-
-  const FashionClassifier& classifier;
-  cfamc_tensor labels;
-  int64_t loss_calls = 0, rows = 0, inputs_requiring_grad = 0, graphs_built = 0;
-};
 
 at::Tensor square_attack(const std::string& toml, LogitsOnlyOracle& oracle) {
   auto square = make<Attack>(CFAMC_KIND_ATTACK, "square", toml);

@@ -16,6 +16,8 @@
 #include "plugins/components.hpp"
 #include "plugins/registry.hpp"
 #include "run/assembly.hpp"
+#include "run/evaluate_checkpoint.hpp"
+#include "run/model_export.hpp"
 #include "run/interruption.hpp"
 #include "run/resume_changes.hpp"
 #include "run/run_dir.hpp"
@@ -37,6 +39,11 @@ struct Options {
   bool list_plugins = false;
   bool json = false;
   bool reference = false;
+  bool evaluate_only = false;
+  std::string checkpoint;
+  bool controls = false;
+  std::string export_out;
+  int32_t bn_branch = -1;  // export: -1 means the checkpoint's own
   std::string log_level = "info";
 };
 
@@ -105,6 +112,24 @@ int run(const Options& options) {
   return 0;
 }
 
+int evaluate(const Options& options) {
+  Resolved r = resolve(options);
+  const std::string device = resolve_device(r.config.device, r.config.file);
+  const RunDirectory dir(r.config.dir);
+  watch_for_interruption();
+  std::optional<std::filesystem::path> checkpoint;
+  if (!options.checkpoint.empty()) checkpoint = options.checkpoint;
+  evaluate_checkpoint(r.config, r.registry, EvaluateRequest{device, dir, checkpoint, options.controls});
+  return 0;
+}
+
+int export_command(const Options& options) {
+  ExportRequest request{options.checkpoint, options.export_out, std::nullopt};
+  if (options.bn_branch >= 0) request.bn_branch = options.bn_branch;
+  export_model(request);
+  return 0;
+}
+
 int dispatch(const Options& options) {
   if (options.version) {
     std::cout << version_text();
@@ -119,15 +144,14 @@ int dispatch(const Options& options) {
     else std::cout << plugins_table(registry);
     return 0;
   }
+  if (!options.export_out.empty()) return export_command(options);
   if (options.config.empty()) fail(ExitCode::usage, "nothing to do: give --config FILE (see --help)");
-  return options.validate ? validate(options) : run(options);
+  if (options.validate) return validate(options);
+  return options.evaluate_only ? evaluate(options) : run(options);
 }
 
-}  // namespace
-
-int run_cli(int argc, char** argv) {
-  CLI::App app{"cfamc-host: adversarially robust self-supervised learning, assembled from plugins"};
-  Options options;
+// The options of a run: the run file, its overrides, and how the run starts and stops.
+void add_run_options(CLI::App& app, Options& options) {
   app.add_option("-c,--config", options.config, "the run file (TOML)");
   app.add_option("--set", options.overrides, "override a run-file key: --set attack.steps=10 (repeatable)");
   app.add_option("--unset", options.removals,
@@ -143,12 +167,39 @@ int run_cli(int argc, char** argv) {
   app.add_flag("--accept-changes", options.accept_changes,
                "with --resume: continue although the run file changed keys the training depends on (logged)")
       ->needs(resume);
+}
+
+// Evaluating or exporting a checkpoint, and what prints information instead of running.
+void add_checkpoint_and_info_options(CLI::App& app, Options& options) {
+  CLI::Option* evaluate_only =
+      app.add_flag("--evaluate-only", options.evaluate_only,
+                   "run only the [[evaluate]] entries on a checkpoint; results merge into summary.json under eval")
+          ->excludes(app.get_option("--resume"));
+  app.add_option("--checkpoint", options.checkpoint, "with --evaluate-only: the checkpoint (default: the newest in run.dir)")
+      ->needs(evaluate_only);
+  app.add_flag("--controls", options.controls, "with --evaluate-only: also the controls the evaluators ask for")
+      ->needs(evaluate_only);
+  CLI::App* exporter = app.add_subcommand(
+      "export", "write a checkpoint's backbone (or a finetune classifier artifact) as safetensors, torchvision names");
+  exporter->add_option("--checkpoint", options.checkpoint, "a checkpoint, or a classifier artifact")->required();
+  exporter->add_option("--out", options.export_out, "the .safetensors file to write")->required();
+  exporter->add_option("--bn-branch", options.bn_branch, "the BatchNorm set to export (default: the checkpoint's, else 0)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");
   app.add_flag("--config-reference", options.reference, "print the run-file reference (docs/config.md)");
   app.add_option("--log-level", options.log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"cfamc-host: adversarially robust self-supervised learning, assembled from plugins"};
+  Options options;
+  add_run_options(app, options);
+  add_checkpoint_and_info_options(app, options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

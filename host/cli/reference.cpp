@@ -125,6 +125,18 @@ std::string config_reference(const Registry& registry) {
       << "Switches the training attack during the run: from each entry's epoch, train with that evaluation\n"
       << "attack (`[attacks.<id>]`), e.g. a growing epsilon; before the first entry `[attack]` applies.\n\n";
   options_markdown(out, attack_schedule_schema());
+  out << "## [init]\n\n"
+      << "Starts components from another run's checkpoint (two-stage methods, fine-tuning): the tensors are\n"
+      << "copied after the controls are evaluated, so `control = true` still measures the seeded network. A\n"
+      << "name or shape that differs is an error naming the tensor and both shapes.\n\n";
+  options_markdown(out, init_section_schema());
+  out << "## [attack_sequences]\n\n"
+      << "`ID = [\"apgd_ce\", \"apgd_t\", \"fab_t\", \"square\"]`: attacks run one after another, each only on the\n"
+      << "images that every earlier one failed to break (AutoAttack's standard evaluation); an `[[evaluate]]`\n"
+      << "entry names the sequence like an attack. Besides `robust_accuracy/ID`, the evaluator's results get\n"
+      << "`attack_sequences/ID/<attack>/robust_accuracy` after each attack, its gradient and forward queries and\n"
+      << "seconds, and a warning (`gradient_masking_suspected = 1`) when an attack that used no gradient breaks\n"
+      << "images that the gradient attacks before it could not.\n\n";
   out << "## [attacks.ID]\n\n"
       << "Evaluation attacks (and attack-schedule entries): `plugin = \"...\"` and that plugin's options; an\n"
       << "`[[evaluate]]` entry lists the ids it reports robust accuracy under (`attacks = [\"pgd8\"]`).\n\n";
@@ -133,7 +145,9 @@ std::string config_reference(const Registry& registry) {
       << "Each names its plugin with `plugin = \"<name>\"`; an `[[evaluate]]` entry may add `id = \"...\"`\n"
       << "(default: the plugin name), the key of its results, and `control` to evaluate baselines too: `true`\n"
       << "or `\"untrained\"` (the untrained encoder, under `<id>_untrained`), `\"pixels\"` (raw pixels as the\n"
-      << "features, under `<id>_pixels`), or a list of both. The remaining keys are the plugin's options:\n\n";
+      << "features, under `<id>_pixels`), or a list of both, and `bn_branch` (default 0), the backbone's BatchNorm\n"
+      << "set the encoder runs with for this evaluator (AdvCL evaluates with its adversarial set). The remaining\n"
+      << "keys are the plugin's options:\n\n";
   for (const auto& [library, component] : sorted_components(registry)) {
     out << "### " << kind_name(component->kind) << " `" << component->name << "`\n\n"
         << component->summary << "\n\n";

@@ -14,10 +14,17 @@ EvalServices& of(void* self) { return *static_cast<EvalServices*>(self); }
 
 class ComponentEncoder : public EvalEncoder {
  public:
-  ComponentEncoder(Backbone& backbone, Objective* objective) : backbone_(backbone), objective_(objective) {}
+  ComponentEncoder(Backbone& backbone, Objective* objective, int32_t branch)
+      : backbone_(backbone), objective_(objective), branch_(branch) {
+    if (branch < 0 || branch >= backbone.num_branches()) {
+      fail(ExitCode::usage, "bn_branch = " + std::to_string(branch) + ", but " + backbone.who() + " has " +
+                                std::to_string(backbone.num_branches()) +
+                                " BatchNorm set(s) (numbered from 0; its `branches` option, where it has one)");
+    }
+  }
 
   at::Tensor encode(cfamc_feature which, const at::Tensor& x) const override {
-    at::Tensor features = backbone_.forward(x, 0);
+    at::Tensor features = backbone_.forward(x, branch_);
     if (which == CFAMC_FEATURE_REPRESENTATION && objective_ != nullptr) return objective_->represent(features);
     return features;
   }
@@ -38,10 +45,12 @@ class ComponentEncoder : public EvalEncoder {
     visit_component(backbone_);
     if (objective_ != nullptr) visit_component(*objective_);
   }
+  const Backbone* backbone() const override { return &backbone_; }
 
  private:
   Backbone& backbone_;
   Objective* objective_;
+  int32_t branch_;
 };
 
 std::string shape_text(at::IntArrayRef shape) {
@@ -69,6 +78,7 @@ class PixelEncoder : public EvalEncoder {
   int64_t feature_dim(cfamc_feature) const override { return dim_; }
   void set_training(bool) const override {}
   void visit_tensors(const TensorVisitor&) const override {}
+  const Backbone* backbone() const override { return nullptr; }
 
  private:
   std::vector<int64_t> shape_;
@@ -77,8 +87,8 @@ class PixelEncoder : public EvalEncoder {
 
 }  // namespace
 
-std::unique_ptr<EvalEncoder> component_encoder(Backbone& backbone, Objective* objective) {
-  return std::make_unique<ComponentEncoder>(backbone, objective);
+std::unique_ptr<EvalEncoder> component_encoder(Backbone& backbone, Objective* objective, int32_t branch) {
+  return std::make_unique<ComponentEncoder>(backbone, objective, branch);
 }
 
 std::unique_ptr<EvalEncoder> pixel_encoder(std::vector<int64_t> image_shape) {
@@ -87,14 +97,13 @@ std::unique_ptr<EvalEncoder> pixel_encoder(std::vector<int64_t> image_shape) {
 
 EvalServices::EvalServices(Backbone& backbone, Objective* objective,
                            std::map<std::string, DatasetSplit> splits,
-                           std::vector<std::pair<std::string, const Attack*>> attacks,
-                           std::filesystem::path artifact_dir, ViewMaker view_maker)
+                           std::vector<EvalAttack> attacks, std::filesystem::path artifact_dir,
+                           ViewMaker view_maker)
     : EvalServices(component_encoder(backbone, objective), std::move(splits), std::move(attacks),
                    std::move(artifact_dir), std::move(view_maker)) {}
 
 EvalServices::EvalServices(std::unique_ptr<EvalEncoder> encoder, std::map<std::string, DatasetSplit> splits,
-                           std::vector<std::pair<std::string, const Attack*>> attacks,
-                           std::filesystem::path artifact_dir, ViewMaker view_maker)
+                           std::vector<EvalAttack> attacks, std::filesystem::path artifact_dir, ViewMaker view_maker)
     : encoder_(std::move(encoder)),
       splits_(std::move(splits)),
       attacks_(std::move(attacks)),
@@ -150,22 +159,44 @@ void EvalServices::offer_attacks() {
   services_.num_attacks = [](void* self) { return of(self).attacks_.size(); };
   services_.attack_id = [](void* self, size_t index) -> const char* {
     auto& s = of(self);
-    return index < s.attacks_.size() ? s.attacks_[index].first.c_str() : nullptr;
+    return index < s.attacks_.size() ? s.attacks_[index].id.c_str() : nullptr;
   };
   services_.attack = [](void* self, const char* id, const cfamc_oracle* oracle, const cfamc_tensor* x,
                         cfamc_tensor** out) {
     auto& s = of(self);
-    for (const auto& [name, attack] : s.attacks_) {
-      if (name != (id ? id : "")) continue;
-      return guarded([&] {
-        TensorMap inputs;
-        inputs.insert("x", x->tensor);
-        *out = make_handle(attack->perturb(*oracle, inputs)["x"]);
-      });
+    for (const auto& attack : s.attacks_) {
+      if (attack.id != (id ? id : "")) continue;
+      return guarded([&] { *out = make_handle(s.run_attack(attack, *oracle, x->tensor)); });
     }
     return make_error(CFAMC_ERROR_INVALID_ARGUMENT, std::string("no attack '") + (id ? id : "") +
                                                         "' is configured for this evaluator");
   };
+}
+
+at::Tensor EvalServices::run_attack(const EvalAttack& attack, const cfamc_oracle& oracle, const at::Tensor& x) {
+  if (attack.attack != nullptr) {
+    TensorMap inputs;
+    inputs.insert("x", x);
+    return attack.attack->perturb(oracle, inputs)["x"];
+  }
+  auto run = sequence_runs_.try_emplace(attack.id, attack.id, attack.sequence).first;
+  at::Tensor adversarial = run->second.perturb(oracle, x);
+  metrics_["attack_sequences"][attack.id] = run->second.report();
+  return adversarial;
+}
+
+void EvalServices::save_classifier(const std::string& name, const TensorMap& head) const {
+  const Backbone* backbone = encoder_->backbone();
+  if (!classifier_saver_ || backbone == nullptr) {
+    fail(ExitCode::plugin, "save_classifier: this evaluation has no encoder to save (a control, or no saver)");
+  }
+  if (!head.contains("weight") || !head.contains("bias") || head["weight"].dim() != 2 ||
+      head["weight"].size(1) != backbone->feature_dim() || head["bias"].dim() != 1 ||
+      head["bias"].size(0) != head["weight"].size(0)) {
+    fail(ExitCode::plugin, "save_classifier: the head must be \"weight\" [C, " + std::to_string(backbone->feature_dim()) +
+                               "] and \"bias\" [C] on the backbone feature");
+  }
+  classifier_saver_(artifact_dir_ / name, *backbone, head);
 }
 
 void EvalServices::offer_outputs() {
@@ -186,6 +217,9 @@ void EvalServices::offer_outputs() {
       buffer[n] = '\0';
     }
     return path.size();
+  };
+  services_.save_classifier = [](void* self, const char* name, const cfamc_named_tensors* head) {
+    return guarded([&] { of(self).save_classifier(name ? name : "classifier.pt", to_map(head)); });
   };
 }
 

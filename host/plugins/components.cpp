@@ -103,6 +103,29 @@ at::Tensor Backbone::forward(const at::Tensor& x, int32_t branch) const {
 int64_t Backbone::feature_dim() const { return table<cfamc_backbone_vtable>().feature_dim(self()); }
 int32_t Backbone::num_branches() const { return table<cfamc_backbone_vtable>().num_branches(self()); }
 
+TensorMap Backbone::export_tensors(int32_t branch) const {
+  const auto& t = table<cfamc_backbone_vtable>();
+  if (!reaches(offsetof(cfamc_backbone_vtable, export_tensors)) || t.export_tensors == nullptr) {
+    TensorMap out = tensors(CFAMC_ROLE_PARAMETER);
+    for (const auto& item : tensors(CFAMC_ROLE_BUFFER)) out.insert(item.key(), item.value());
+    return out;
+  }
+  struct Visit {
+    TensorMap out;
+    std::string duplicate;
+  } visit;
+  cfamc_tensor_visitor visitor{sizeof(cfamc_tensor_visitor), &visit,
+                               [](void* self, cfamc_tensor_role, const char* name, const cfamc_tensor* tensor) {
+                                 auto* v = static_cast<Visit*>(self);
+                                 const std::string key = name ? name : "";
+                                 if (v->out.contains(key)) v->duplicate = key;
+                                 else v->out.insert(key, tensor->tensor);
+                               }};
+  check(t.export_tensors(self(), branch, &visitor));
+  if (!visit.duplicate.empty()) fail(ExitCode::plugin, who() + ": exports two tensors named '" + visit.duplicate + "'");
+  return visit.out;
+}
+
 cfamc_encoder Backbone::encoder() const {
   return cfamc_encoder{sizeof(cfamc_encoder), const_cast<Backbone*>(this), feature_dim(), num_branches(),
                        [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) -> cfamc_error* {

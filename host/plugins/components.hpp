@@ -93,6 +93,9 @@ class Backbone : public Component {
   at::Tensor forward(const at::Tensor& x, int32_t branch = 0) const;
   int64_t feature_dim() const;
   int32_t num_branches() const;
+  // The tensors under the names of the network's reference implementation, BatchNorm set `branch` only
+  // (ABI 1.2; an older plugin's parameters and buffers under their own names).
+  TensorMap export_tensors(int32_t branch) const;
   // The callback objectives call; valid while this backbone lives.
   cfamc_encoder encoder() const;
 };

@@ -23,13 +23,32 @@ bool in_pass(const ComponentConfig& evaluator, EvaluationPass pass) {
   return false;
 }
 
+// Whether `evaluator` names the attack `attack_id`, itself or in one of its attack sequences.
+bool names_attack(const ComponentConfig& evaluator, const std::string& attack_id, const RunConfig& config) {
+  return std::any_of(evaluator.attacks.begin(), evaluator.attacks.end(), [&](const std::string& id) {
+    const AttackSequence* sequence = config.attack_sequence(id);
+    if (sequence == nullptr) return id == attack_id;
+    return std::find(sequence->attacks.begin(), sequence->attacks.end(), attack_id) != sequence->attacks.end();
+  });
+}
+
 // The trained pass makes every [attacks.<id>]; a control only those its evaluators name.
 bool needed_in_pass(const std::string& attack_id, const RunConfig& config, EvaluationPass pass) {
   if (pass == EvaluationPass::trained) return true;
   return std::any_of(config.components.begin(), config.components.end(), [&](const ComponentConfig& c) {
-    return c.role == Role::evaluator && in_pass(c, pass) &&
-           std::find(c.attacks.begin(), c.attacks.end(), attack_id) != c.attacks.end();
+    return c.role == Role::evaluator && in_pass(c, pass) && names_attack(c, attack_id, config);
   });
+}
+
+// Before training, not when the evaluators run after it.
+void check_bn_branches(const RunConfig& config, const Backbone& backbone) {
+  for (const auto& c : config.components) {
+    if (c.role == Role::evaluator && c.bn_branch >= backbone.num_branches()) {
+      fail(ExitCode::usage, config.file + ": " + c.label + ".bn_branch = " + std::to_string(c.bn_branch) + ", but " +
+                                backbone.who() + " has " + std::to_string(backbone.num_branches()) +
+                                " BatchNorm set(s), numbered from 0 (its `branches` option, where it has one)");
+    }
+  }
 }
 
 }  // namespace
@@ -48,6 +67,7 @@ Assembly assemble(const RunConfig& config, const Registry& registry, const std::
                                  make<Attack>(*config.named_attack(entry.attack), config, registry, device, feature_dim));
   }
   a.evaluation = assemble_evaluation(config, registry, device, feature_dim, EvaluationPass::trained);
+  check_bn_branches(config, *a.backbone);
   return a;
 }
 
@@ -74,11 +94,21 @@ std::string suffix_of(EvaluationPass pass) {
   return "";
 }
 
-std::vector<std::pair<std::string, const Attack*>> Evaluation::attacks_for(const ComponentConfig& evaluator) const {
-  std::vector<std::pair<std::string, const Attack*>> out;
-  for (const auto& id : evaluator.attacks)
-    for (const auto& [name, attack] : attacks)
-      if (name == id) out.emplace_back(name, attack.get());
+const Attack* Evaluation::attack(const std::string& id) const {
+  for (const auto& [name, attack] : attacks)
+    if (name == id) return attack.get();
+  return nullptr;
+}
+
+std::vector<EvalAttack> Evaluation::attacks_for(const ComponentConfig& evaluator, const RunConfig& config) const {
+  std::vector<EvalAttack> out;
+  for (const auto& id : evaluator.attacks) {
+    EvalAttack entry{id, attack(id), {}};
+    if (const AttackSequence* sequence = config.attack_sequence(id)) {
+      for (const auto& member : sequence->attacks) entry.sequence.emplace_back(member, attack(member));
+    }
+    out.push_back(std::move(entry));
+  }
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "eval/eval_services.hpp"
 #include "plugins/components.hpp"
 #include "run/run_config.hpp"
 
@@ -31,8 +32,9 @@ struct Evaluation {
   std::vector<std::pair<const ComponentConfig*, std::unique_ptr<Evaluator>>> evaluators;
   std::vector<std::pair<std::string, std::unique_ptr<Attack>>> attacks;  // by id
 
-  // The attacks an evaluator names, by id.
-  std::vector<std::pair<std::string, const Attack*>> attacks_for(const ComponentConfig& evaluator) const;
+  // The attacks and attack sequences an evaluator names, by id.
+  std::vector<EvalAttack> attacks_for(const ComponentConfig& evaluator, const RunConfig& config) const;
+  const Attack* attack(const std::string& id) const;
 };
 
 struct Assembly {

@@ -10,7 +10,7 @@ namespace cfamc::host {
 namespace {
 
 // Keys of component tables that the host reads itself; the rest belong to the plugin.
-const std::vector<std::string> kEvaluatorKeys = {"id", "control", "attacks"};
+const std::vector<std::string> kEvaluatorKeys = {"id", "control", "attacks", "bn_branch"};
 const std::vector<std::string> kTrainingAttackKeys = {"bn_mode", "from_epoch", "accumulate_weight_grads"};
 
 // The `plugin = "..."` of a component table.
@@ -71,6 +71,14 @@ void read_evaluator_keys(ComponentConfig& c, const toml::table& table, const Run
                                 ".attacks: a list of [attacks.<id>] names, and only in [[evaluate]] entries");
     }
     for (const auto& id : *ids) c.attacks.push_back(id.value_or(std::string()));
+  }
+  if (const toml::node* branch = table.get("bn_branch")) {
+    const int64_t value = branch->value_or(int64_t{-1});
+    if (c.role != Role::evaluator || !branch->is_integer() || value < 0 || value > 1024) {
+      fail(ExitCode::usage, location_of(*branch, run_file.file) + ": " + c.label +
+                                ".bn_branch: a BatchNorm set of the backbone (0, 1, ...), and only in [[evaluate]] entries");
+    }
+    c.bn_branch = static_cast<int32_t>(value);
   }
 }
 
@@ -161,8 +169,9 @@ void resolve_component(ComponentConfig& c, const toml::table& table, const RunCo
   c.options = resolve_options(without(table, dropped), c.info->options, c.label, run_file.file, reserved);
   for (const auto& key : reserved) c.options.erase(key);
   for (const auto& id : c.attacks) {
-    if (config.named_attack(id) == nullptr) {
-      fail(ExitCode::usage, run_file.file + ": " + c.label + ".attacks names '" + id + "', but there is no [attacks." + id + "]");
+    if (config.named_attack(id) == nullptr && config.attack_sequence(id) == nullptr) {
+      fail(ExitCode::usage, run_file.file + ": " + c.label + ".attacks names '" + id + "', but there is no [attacks." +
+                                id + "] and no attack_sequences." + id);
     }
   }
 }

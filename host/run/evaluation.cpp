@@ -1,13 +1,17 @@
 #include "run/evaluation.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 
 #include "augment/views.hpp"
+#include "data/datasets.hpp"
 #include "eval/robustness_curve.hpp"
 #include "failure.hpp"
 #include "log.hpp"
+#include "run/model_file.hpp"
+#include "train/checkpoint.hpp"
 
 using json = nlohmann::json;
 
@@ -42,23 +46,86 @@ void add_robustness_curve(json& metrics, const ComponentConfig& evaluator, const
 
 std::vector<int64_t> image_shape(const EvaluationData& data) { return data.train.images.sizes().slice(1).vec(); }
 
-std::unique_ptr<EvalEncoder> encoder_for(EvaluationPass pass, const Assembly& assembly, const EvaluationData& data) {
+std::unique_ptr<EvalEncoder> encoder_for(EvaluationPass pass, const Assembly& assembly, const EvaluationData& data,
+                                         const ComponentConfig& evaluator) {
   if (pass == EvaluationPass::pixels) return pixel_encoder(image_shape(data));
-  return component_encoder(*assembly.backbone, assembly.objective.get());
+  return component_encoder(*assembly.backbone, assembly.objective.get(), evaluator.bn_branch);
+}
+
+// A classifier artifact: the backbone as the evaluator left it, its head, and what export needs to rebuild it.
+EvalServices::ClassifierSaver classifier_saver(const RunConfig& config, const ComponentConfig& evaluator) {
+  return [&config, &evaluator](const std::filesystem::path& file, const Backbone& backbone, const TensorMap& head) {
+    TensorMap tensors;
+    for (cfamc_tensor_role role : {CFAMC_ROLE_PARAMETER, CFAMC_ROLE_BUFFER, CFAMC_ROLE_STATE})
+      for (const auto& item : backbone.tensors(role)) tensors.insert("backbone/" + item.key(), item.value());
+    for (const auto& item : head) tensors.insert("head/" + item.key(), item.value());
+    add_model_description(tensors, describe_model(config, evaluator.bn_branch));
+    std::filesystem::create_directories(file.parent_path());
+    write_checkpoint_file(file, tensors);
+    log(LogLevel::info, evaluator.label + ": classifier saved to " + file.string());
+  };
+}
+
+// The encoder's tensors as they were before an evaluator ran, put back after it, so that an evaluator that
+// fine-tunes the encoder leaves the next one the pre-trained weights.
+class EncoderRestorer {
+ public:
+  explicit EncoderRestorer(const EvalEncoder& encoder) : encoder_(encoder) {
+    encoder.visit_tensors([&](cfamc_tensor_role, const std::string&, const at::Tensor& value) {
+      saved_.push_back(value.detach().clone());
+    });
+  }
+  ~EncoderRestorer() {
+    c10::NoGradGuard no_grad;
+    size_t next = 0;
+    encoder_.visit_tensors([&](cfamc_tensor_role, const std::string&, const at::Tensor& value) {
+      if (next < saved_.size()) value.copy_(saved_[next++]);
+    });
+  }
+  EncoderRestorer(const EncoderRestorer&) = delete;
+  EncoderRestorer& operator=(const EncoderRestorer&) = delete;
+
+ private:
+  const EvalEncoder& encoder_;
+  std::vector<at::Tensor> saved_;
+};
+
+DatasetSplit prepare_split(ImageSet set, int64_t subset, const DataConfig& config, const std::string& device) {
+  if (subset > 0 && subset < set.images.size(0)) {
+    set.images = set.images.slice(0, 0, subset);
+    set.labels = set.labels.slice(0, 0, subset);
+  }
+  if (config.channels == "rgb" && set.images.size(1) == 1) set.images = set.images.expand({-1, 3, -1, -1});
+  return DatasetSplit{set.images.contiguous().to(device), set.labels.to(device)};
 }
 
 }  // namespace
+
+EvaluationData load_evaluation_data(const DataConfig& config, const std::string& device) {
+  const DatasetSpec spec{config.dataset, config.root};
+  EvaluationData data;
+  data.train = prepare_split(load_split(spec, config.train_split), config.train_subset, config, device);
+  data.test = prepare_split(load_split(spec, "test"), config.test_subset, config, device);
+  log(LogLevel::info, config.dataset + ": " + std::to_string(data.train.images.size(0)) + " training and " +
+                          std::to_string(data.test.images.size(0)) + " test images of " +
+                          c10::str(data.train.images.sizes().slice(1)) + " on " + device);
+  return data;
+}
 
 json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, const EvaluationData& data,
                     const RunConfig& config, const std::filesystem::path& run_dir) {
   json results = json::object();
   for (const auto& [component, evaluator] : evaluation.evaluators) {
     const std::string id = component->id + suffix_of(evaluation.pass);
-    EvalServices services(encoder_for(evaluation.pass, assembly, data), {{"train", data.train}, {"test", data.test}},
-                          evaluation.attacks_for(*component), run_dir / "artifacts" / id,
-                          view_maker_for(*component, config));
+    EvalServices services(encoder_for(evaluation.pass, assembly, data, *component),
+                          {{"train", data.train}, {"test", data.test}}, evaluation.attacks_for(*component, config),
+                          run_dir / "artifacts" / id, view_maker_for(*component, config));
+    services.set_classifier_saver(classifier_saver(config, *component));
     const auto start = std::chrono::steady_clock::now();
-    evaluator->evaluate(*services.get());
+    {
+      const EncoderRestorer restorer(services.encoder());
+      evaluator->evaluate(*services.get());
+    }
     json metrics = services.metrics();
     metrics["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     add_robustness_curve(metrics, *component, config, id, run_dir);

@@ -16,6 +16,9 @@ struct EvaluationData {
   DatasetSplit train, test;
 };
 
+// The training and test splits of [data] on `device`, cut to their subsets, grey expanded to RGB when asked.
+EvaluationData load_evaluation_data(const DataConfig& config, const std::string& device);
+
 // Runs every evaluator of `evaluation` against its pass's encoder (the run's, or the pixels). Results are
 // keyed by evaluator id with the pass's suffix ("_untrained", "_pixels" for the controls); artifacts go to
 // run_dir/artifacts/<id><suffix>/.

@@ -10,10 +10,11 @@ namespace cfamc::host {
 namespace {
 
 const std::vector<std::string> kSections = {"run",      "plugins",   "data",   "views",    "train",  "backbone",
-                                            "objective", "attack",  "evaluate", "attacks", "attack_schedule"};
+                                            "objective", "attack",  "evaluate", "attacks", "attack_schedule",
+                                            "init",     "attack_sequences"};
 
-// A [plugins] path written in the run file is relative to the file's folder, so a run file and the
-// plugins beside it move together; one given with --set is relative to where the command runs.
+// A path written in the run file ([plugins] paths, [init] checkpoint) is relative to the file's folder, so
+// a run file and what it names move together; one given with --set is relative to where the command runs.
 std::string plugin_path(const toml::node& entry, const std::string& run_file) {
   const std::filesystem::path path(entry.value_or(std::string()));
   if (path.is_absolute() || from_command_line(entry)) return path.string();
@@ -25,6 +26,7 @@ void read_run_and_plugins(RunConfig& config, const RunFile& run_file) {
   config.dir = resolved_value<std::string>(run, "dir");
   config.seed = resolved_value<int64_t>(run, "seed");
   config.device = resolved_value<std::string>(run, "device");
+  config.tensorboard = resolved_value<bool>(run, "tensorboard");
   const toml::table& given = section_table(run_file, "plugins");
   resolve_options(given, plugins_section_schema(), "plugins", run_file.file);  // checks the types
   // The entries as written, not as resolved: resolving copies nodes and drops where they came from.
@@ -74,6 +76,44 @@ void read_attack_schedule(RunConfig& config, const RunFile& run_file) {
   }
 }
 
+void read_init(RunConfig& config, const RunFile& run_file) {
+  const toml::table& given = section_table(run_file, "init");
+  const toml::table resolved = resolve_options(given, init_section_schema(), "init", run_file.file);
+  for (const auto& name : *resolved["components"].as_array()) {
+    const std::string component = name.value_or(std::string());
+    if (component != "backbone" && component != "objective") {
+      fail(ExitCode::usage, run_file.file + ": init.components: '" + component +
+                                "' is not a component a checkpoint starts (\"backbone\", \"objective\")");
+    }
+    config.init.components.push_back(component);
+  }
+  if (const toml::node* path = given.get("checkpoint"); path && !path->value_or(std::string()).empty()) {
+    config.init.checkpoint = plugin_path(*path, run_file.file);
+  }
+}
+
+// Each sequence names attacks the run file defines, and no id means two things.
+void read_attack_sequences(RunConfig& config, const RunFile& run_file) {
+  for (const auto& [key, node] : section_table(run_file, "attack_sequences")) {
+    const std::string id(key.str());
+    const toml::array* ids = node.as_array();
+    const std::string where = location_of(node, run_file.file) + ": attack_sequences." + id;
+    if (ids == nullptr || ids->empty() || !ids->is_homogeneous(toml::node_type::string)) {
+      fail(ExitCode::usage, where + ": expected a non-empty list of [attacks.<id>] names");
+    }
+    if (config.named_attack(id) != nullptr) fail(ExitCode::usage, where + ": there is also an [attacks." + id + "]; use another id");
+    AttackSequence sequence{id, {}};
+    for (const auto& member : *ids) {
+      sequence.attacks.push_back(member.value_or(std::string()));
+      if (config.named_attack(sequence.attacks.back()) == nullptr) {
+        fail(ExitCode::usage, where + " names '" + sequence.attacks.back() + "', but there is no [attacks." +
+                                  sequence.attacks.back() + "]");
+      }
+    }
+    config.attack_sequences.push_back(std::move(sequence));
+  }
+}
+
 // `control` as a run file writes it, so that resolved.toml reads back the same.
 void insert_controls(toml::table& t, const Controls& controls) {
   if (controls.untrained && controls.pixels) {
@@ -111,6 +151,8 @@ Schema run_section_schema() {
       {"dir", CFAMC_OPTION_STRING, "\"runs/default\"", "the run directory (created; resolved.toml and logs go there)"},
       {"seed", CFAMC_OPTION_INT, "0", "seed of every random stream of the run"},
       {"device", CFAMC_OPTION_STRING, "\"auto\"", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\""},
+      {"tensorboard", CFAMC_OPTION_BOOL, "true",
+       "also write every metrics.jsonl scalar and the final evaluation as TensorBoard event files in <dir>/tensorboard/"},
   };
 }
 
@@ -118,6 +160,15 @@ Schema attack_schedule_schema() {
   return {
       {"from_epoch", CFAMC_OPTION_INT, std::nullopt, "the epoch from which this entry's attack trains"},
       {"attack", CFAMC_OPTION_STRING, std::nullopt, "an [attacks.<id>] id, or \"none\" for clean training"},
+  };
+}
+
+Schema init_section_schema() {
+  return {
+      {"checkpoint", CFAMC_OPTION_STRING, "\"\"",
+       "a checkpoint of another run (or a classifier artifact) whose tensors start this run's components instead of "
+       "their seeded initialisation; relative to the run file's folder; \"\": none. --resume wins over it"},
+      {"components", CFAMC_OPTION_STRING_LIST, "[\"backbone\"]", "which components it starts: \"backbone\", \"objective\""},
   };
 }
 
@@ -146,12 +197,20 @@ RunConfig resolve_host_sections(const RunFile& run_file) {
   read_views(config, run_file);
   config.components = component_places(run_file);
   read_attack_schedule(config, run_file);
+  read_init(config, run_file);
+  read_attack_sequences(config, run_file);
   return config;
 }
 
 const ComponentConfig* RunConfig::named_attack(const std::string& id) const {
   for (const auto& c : components)
     if (c.role == Role::named_attack && c.id == id) return &c;
+  return nullptr;
+}
+
+const AttackSequence* RunConfig::attack_sequence(const std::string& id) const {
+  for (const auto& s : attack_sequences)
+    if (s.id == id) return &s;
   return nullptr;
 }
 
@@ -175,7 +234,7 @@ const ComponentConfig* RunConfig::find(Role role) const {
 
 toml::table RunConfig::resolved() const {
   toml::table out;
-  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}});
+  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}, {"tensorboard", tensorboard}});
   toml::array paths;
   for (const auto& p : plugin_paths) paths.push_back(p);
   out.insert("plugins", toml::table{{"paths", paths}});
@@ -195,6 +254,7 @@ toml::table RunConfig::resolved() const {
         toml::array ids;
         for (const auto& id : c.attacks) ids.push_back(id);
         t.insert("attacks", std::move(ids));
+        t.insert("bn_branch", c.bn_branch);
         evaluators.push_back(std::move(t));
         break;
       }
@@ -205,6 +265,16 @@ toml::table RunConfig::resolved() const {
   if (!evaluators.empty()) out.insert("evaluate", std::move(evaluators));
   if (!attacks.empty()) out.insert("attacks", std::move(attacks));
   if (!attack_schedule_table.empty()) out.insert("attack_schedule", attack_schedule_table);
+  toml::array init_components;
+  for (const auto& c : init.components) init_components.push_back(c);
+  out.insert("init", toml::table{{"checkpoint", init.checkpoint}, {"components", std::move(init_components)}});
+  toml::table sequences;
+  for (const auto& sequence : attack_sequences) {
+    toml::array ids;
+    for (const auto& id : sequence.attacks) ids.push_back(id);
+    sequences.insert(sequence.id, std::move(ids));
+  }
+  if (!sequences.empty()) out.insert("attack_sequences", std::move(sequences));
   return out;
 }
 

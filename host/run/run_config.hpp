@@ -49,6 +49,21 @@ struct ComponentConfig {
   Controls controls;     // evaluators: the baselines also evaluated
   std::vector<std::string> attacks;  // evaluators: ids of [attacks.<id>] to evaluate robustness under
   toml::table host_options;          // the training attack: bn_mode, from_epoch, accumulate_weight_grads
+  int32_t bn_branch = 0;             // evaluators: the backbone's BatchNorm set the encoder runs with
+};
+
+// [init]: components that start from another run's checkpoint instead of their seeded initialisation.
+struct InitConfig {
+  std::string checkpoint;               // resolved path; empty: none
+  std::vector<std::string> components;  // "backbone", "objective"
+};
+
+// [attack_sequences]: `<id> = ["apgd_ce", "apgd_t", ...]`, attacks run one after another, each on the
+// images every earlier one failed to break (AutoAttack's standard evaluation). Evaluators name it like an
+// attack.
+struct AttackSequence {
+  std::string id;
+  std::vector<std::string> attacks;  // [attacks.<id>] ids, in order
 };
 
 // One entry of [[attack_schedule]]: from this epoch on, train with [attacks.<attack>] ("none": clean).
@@ -62,10 +77,13 @@ struct RunConfig {
   std::string dir;
   int64_t seed = 0;
   std::string device;  // as written: "auto", "cpu", "cuda", "cuda:1"
+  bool tensorboard = true;
   std::vector<std::string> plugin_paths;
   DataConfig data;
   TrainConfig train;
   std::vector<ViewRecipe> views;
+  InitConfig init;
+  std::vector<AttackSequence> attack_sequences;
   std::vector<ScheduledAttack> attack_schedule;  // ascending from_epoch
   toml::array attack_schedule_table;             // as resolved, for resolved()
   std::vector<ComponentConfig> components;  // backbone, objective, attack (if any), evaluators, [attacks.*]
@@ -73,6 +91,7 @@ struct RunConfig {
 
   const ComponentConfig* find(Role role) const;  // the first with this role
   const ComponentConfig* named_attack(const std::string& id) const;
+  const AttackSequence* attack_sequence(const std::string& id) const;
   TrainingAttackConfig training_attack() const;
   const ViewRecipe* view(const std::string& name) const;
   // The whole run file as resolved: every default written out.
@@ -83,6 +102,7 @@ struct RunConfig {
 Schema run_section_schema();
 Schema plugins_section_schema();
 Schema attack_schedule_schema();
+Schema init_section_schema();
 
 // Step 1, before plugins are discovered: the sections the host reads itself, and the shape of the rest
 // (unknown top-level section -> error with the nearest known one).

@@ -24,7 +24,7 @@ namespace {
 const char* const kLock = "cfamc.lock";
 // What a run writes at the top of its directory; artifacts/ holds what evaluators write through the host.
 const std::vector<std::string> kFiles = {"resolved.toml", "metrics.jsonl", "summary.json", "eval_untrained.json", kLock};
-const std::vector<std::string> kFolders = {"checkpoints", "artifacts"};
+const std::vector<std::string> kFolders = {"checkpoints", "artifacts", "tensorboard"};
 
 bool one_of(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -132,6 +132,7 @@ void RunDirectory::remove_outputs() const {
   for (const auto& entry : fs::directory_iterator(checkpoints(), ec))
     if (host_checkpoint_entry(entry)) fs::remove(entry.path());
   remove_tree(dir_ / "artifacts");
+  remove_tree(tensorboard());
 }
 
 void RunDirectory::drop_metrics_after(int64_t step) const {

@@ -28,6 +28,7 @@ class RunDirectory {
   // Every control's results (the untrained encoder's and the pixels'), kept for a resumed run.
   std::filesystem::path untrained() const { return dir_ / "eval_untrained.json"; }
   std::filesystem::path resolved() const { return dir_ / "resolved.toml"; }
+  std::filesystem::path tensorboard() const { return dir_ / "tensorboard"; }
 
   // Before a run that starts from step 0: the outputs of an earlier run (checkpoints, metrics, summary) or
   // anything the host did not make (besides `run_file`, which may live here) are Failure(usage) listing

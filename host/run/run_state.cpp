@@ -5,6 +5,7 @@
 
 #include "failure.hpp"
 #include "log.hpp"
+#include "run/model_file.hpp"
 #include "train/checkpoint.hpp"
 
 namespace cfamc::host {
@@ -34,6 +35,7 @@ TensorMap RunState::gather(int64_t step) const {
   for (const auto& item : optimizer_.state()) out.insert("optimizer/" + item.key(), item.value());
   out.insert(kStep, at::scalar_tensor(step, at::kLong));
   out.insert(kAugmentRng, augment_.get_state());
+  add_model_description(out, describe_model(config_));
   return out;
 }
 

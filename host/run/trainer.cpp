@@ -17,8 +17,10 @@
 #include "log.hpp"
 #include "run/assembly.hpp"
 #include "run/evaluation.hpp"
+#include "run/event_file.hpp"
 #include "run/run_config.hpp"
 #include "run/interruption.hpp"
+#include "run/model_file.hpp"
 #include "run/run_dir.hpp"
 #include "run/run_state.hpp"
 #include "run/step_memory.hpp"
@@ -37,26 +39,6 @@ namespace {
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-DatasetSplit prepare_split(ImageSet set, int64_t subset, const DataConfig& config, const std::string& device) {
-  if (subset > 0 && subset < set.images.size(0)) {
-    set.images = set.images.slice(0, 0, subset);
-    set.labels = set.labels.slice(0, 0, subset);
-  }
-  if (config.channels == "rgb" && set.images.size(1) == 1) set.images = set.images.expand({-1, 3, -1, -1});
-  return DatasetSplit{set.images.contiguous().to(device), set.labels.to(device)};
-}
-
-EvaluationData load_data(const DataConfig& config, const std::string& device) {
-  const DatasetSpec spec{config.dataset, config.root};
-  EvaluationData data;
-  data.train = prepare_split(load_split(spec, config.train_split), config.train_subset, config, device);
-  data.test = prepare_split(load_split(spec, "test"), config.test_subset, config, device);
-  log(LogLevel::info, config.dataset + ": " + std::to_string(data.train.images.size(0)) + " training and " +
-                          std::to_string(data.test.images.size(0)) + " test images of " +
-                          c10::str(data.train.images.sizes().slice(1)) + " on " + device);
-  return data;
-}
-
 TensorMap trainable(const Assembly& a) {
   TensorMap out;
   for (const auto& item : a.backbone->tensors(CFAMC_ROLE_PARAMETER)) out.insert("backbone/" + item.key(), item.value());
@@ -67,6 +49,13 @@ TensorMap trainable(const Assembly& a) {
 void append_line(const fs::path& file, const json& line) {
   std::ofstream out(file, std::ios::app);
   out << line.dump() << "\n";
+}
+
+// Every number in `metrics`, tagged by its path ("eval/linear_probe/robust_accuracy/pgd8").
+void add_scalars(TensorBoardEvents& events, const std::string& tag, const json& metrics, int64_t step) {
+  if (metrics.is_number()) events.scalar(tag, metrics.get<double>(), step);
+  if (metrics.is_object())
+    for (const auto& [key, value] : metrics.items()) add_scalars(events, tag + "/" + key, value, step);
 }
 
 json schedule_json(const RunConfig& config) {
@@ -86,6 +75,7 @@ class TrainingRun {
  private:
   bool resume();
   void start_fresh();
+  void initialise_from_checkpoint();
   const Attack* attack_at(int64_t epoch) const;
   LossResult step(const Attack* attack);
   void stop_if_interrupted();
@@ -119,6 +109,7 @@ class TrainingRun {
   Clock::time_point train_start_;
   double train_seconds_ = 0;
   std::optional<Progress> progress_;
+  std::optional<TensorBoardEvents> events_;
 };
 
 TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, const RunRequest& request)
@@ -126,7 +117,7 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       registry_(registry),
       request_(request),
       attack_config_(config.training_attack()),
-      data_(load_data(config.data, request.device)),
+      data_(load_evaluation_data(config.data, request.device)),
       assembly_(assemble(config, registry, request.device)),
       groups_(view_groups_of(config, *assembly_.objective)),
       train_(config.train),
@@ -186,6 +177,21 @@ void TrainingRun::start_fresh() {
   request_.dir.prepare_fresh_start(request_.fresh, config_.file);
   controls_ = run_controls(assembly_, data_, config_, registry_, request_.device, request_.dir.path());
   write_file_atomically(request_.dir.untrained(), controls_.dump(2));
+  initialise_from_checkpoint();
+}
+
+// [init]: after the controls, which measure the network as its seed made it.
+void TrainingRun::initialise_from_checkpoint() {
+  const fs::path file = config_.init.checkpoint;
+  if (file.empty()) return;
+  const TensorMap saved = open_checkpoint(file, config_.file + ": init.checkpoint");
+  check_same_backbone(saved, config_, file);
+  for (const auto& name : config_.init.components) {
+    Component& component = name == "backbone" ? static_cast<Component&>(*assembly_.backbone) : *assembly_.objective;
+    const size_t count = load_component(component, name, saved, file);
+    log(LogLevel::info, "init: " + name + " starts from " + file.string() + " (step " +
+                            std::to_string(checkpoint_step(saved)) + ", " + std::to_string(count) + " tensors)");
+  }
 }
 
 // The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
@@ -226,6 +232,10 @@ bool TrainingRun::train() {
   }
   log(LogLevel::info, describe());
   progress_.emplace(step_, total_);
+  if (config_.tensorboard) {
+    fs::create_directories(request_.dir.tensorboard());
+    events_.emplace(request_.dir.tensorboard());
+  }
   assembly_.backbone->set_training(true);
   assembly_.objective->set_training(true);
   if (assembly_.attack) assembly_.attack->set_training(true);
@@ -310,6 +320,11 @@ void TrainingRun::log_metrics(const LossResult& result) {
                {"images_per_s", images_per_s}};
   for (const auto& item : result.scalars) line[item.key()] = item.value().item<double>();
   append_line(request_.dir.metrics(), line);
+  if (events_) {
+    for (const auto& [key, value] : line.items())
+      if (key != "step") events_->scalar("train/" + key, value.get<double>(), step_);
+    events_->flush();
+  }
   char detail[64];
   std::snprintf(detail, sizeof(detail), "loss %.4f", line["loss"].get<double>());
   progress_->update(step_, detail, true);
@@ -341,6 +356,10 @@ void TrainingRun::finish() {
                 {"crops_per_s", crops / std::max(train_seconds_, 1e-9)}};
   const json summary = {{"run", run}, {"train", train}, {"eval", eval}};
   write_file_atomically(request_.dir.summary(), summary.dump(2) + "\n");
+  if (events_) {
+    add_scalars(*events_, "eval", eval, step_);
+    events_->flush();
+  }
   log(LogLevel::info, "summary: " + request_.dir.summary().string());
 }
 

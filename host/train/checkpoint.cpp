@@ -93,8 +93,7 @@ std::vector<char> verified_pickle(std::vector<char> bytes, const fs::path& file)
 
 }  // namespace
 
-fs::path save_checkpoint(const fs::path& dir, int64_t step, const TensorMap& tensors, int64_t keep) {
-  fs::create_directories(dir);
+void write_checkpoint_file(const fs::path& file, const TensorMap& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& item : tensors) dict.insert(item.key(), item.value().detach().to(at::kCPU).clone());
   const std::vector<char> pickle = torch::pickle_save(c10::IValue(dict));
@@ -102,8 +101,13 @@ fs::path save_checkpoint(const fs::path& dir, int64_t step, const TensorMap& ten
   content.append(kMagic, sizeof(kMagic));
   put<uint64_t>(content, pickle.size());
   put<uint32_t>(content, crc_of(pickle.data(), pickle.size()));
-  const fs::path file = dir / checkpoint_name(step);
   write_file_atomically(file, content);
+}
+
+fs::path save_checkpoint(const fs::path& dir, int64_t step, const TensorMap& tensors, int64_t keep) {
+  fs::create_directories(dir);
+  const fs::path file = dir / checkpoint_name(step);
+  write_checkpoint_file(file, tensors);
   const auto all = checkpoints_in(dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove(all[i].second);
   return file;

@@ -18,6 +18,8 @@ class UnusableCheckpoint : public Failure {
   explicit UnusableCheckpoint(const std::string& message) : Failure(ExitCode::other, message) {}
 };
 
+// `tensors` (copied to the CPU) as `file`, atomically, with the verified trailer.
+void write_checkpoint_file(const std::filesystem::path& file, const TensorMap& tensors);
 // `dir`/step-<step>.pt, then removes all but the newest `keep` checkpoints (only files named as the host
 // names them).
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step, const TensorMap& tensors,

@@ -2,7 +2,8 @@
 // oracle the caller supplies: `pgd` (Madry et al. 2018; L-inf or L2, random or zero start, restarts),
 // `fgsm` (Goodfellow et al. 2015: one step of size epsilon from the clean input) and `fgsm_rs` (Wong et al.
 // 2020: a random start, then one step of 1.25 epsilon). Every step ascends the loss, projects onto the
-// ball, then clamps to [0,1]; all named inputs are perturbed together against one loss.
+// ball, then clamps to [0,1]; all named inputs are perturbed together against one loss. `pgd` may instead
+// start at x + sigma * N(0,1), as TRADES's inner maximisation does (Zhang et al. 2019: sigma 0.001).
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -16,6 +17,7 @@ struct AscentSettings {
   int64_t restarts = 1;
   bool linf = true;
   bool random_start = true;
+  double normal_start = 0;  // > 0: start at x + normal_start * N(0,1) instead (TRADES)
 };
 
 // The shared engine: `restarts` runs of `steps` projected steps. With several restarts and a per-sample
@@ -24,8 +26,13 @@ class ProjectedAscent {
  public:
   ProjectedAscent(AscentSettings settings, at::Generator generator)
       : s_(settings), generator_(std::move(generator)) {
-    if (s_.epsilon < 0 || s_.step_size < 0 || s_.steps < 0 || s_.restarts < 1) {
-      throw cfamc::Error(CFAMC_ERROR_OPTION, "epsilon, step_size and steps must not be negative, restarts positive");
+    if (s_.epsilon < 0 || s_.step_size < 0 || s_.steps < 0 || s_.restarts < 1 || s_.normal_start < 0) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION,
+                         "epsilon, step_size, steps and normal_start must not be negative, restarts positive");
+    }
+    // Two start distributions asked for at once: refused rather than one silently winning.
+    if (s_.normal_start > 0 && s_.random_start) {
+      throw cfamc::Error(CFAMC_ERROR_OPTION, "normal_start > 0 replaces the uniform start: set random_start = false");
     }
   }
 
@@ -90,6 +97,7 @@ class ProjectedAscent {
   }
 
   at::Tensor initial_delta(const at::Tensor& x) {
+    if (s_.normal_start > 0) return normal_delta(x);
     if (!s_.random_start || s_.epsilon == 0) return torch::zeros_like(x);
     at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
     if (s_.linf) {
@@ -102,6 +110,22 @@ class ProjectedAscent {
       delta = (flat / flat.norm(2, 1, true).clamp_min(1e-12) * radius).view_as(x);
     }
     delta = delta.to(x.device());
+    return (x + delta).clamp(0, 1) - x;
+  }
+
+  // TRADES's start, x + sigma * N(0,1). Projected onto the ball as every step is (which changes nothing
+  // unless epsilon is within a few sigma), so that an attack never returns a point outside it, even with
+  // steps = 0.
+  at::Tensor normal_delta(const at::Tensor& x) {
+    at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
+    delta.normal_(0, s_.normal_start, generator_);
+    delta = delta.to(x.device());
+    if (s_.linf) {
+      delta = delta.clamp(-s_.epsilon, s_.epsilon);
+    } else {
+      const at::Tensor flat = delta.flatten(1);
+      delta = (flat * (s_.epsilon / flat.norm(2, 1, true).clamp_min(1e-12)).clamp_max(1.0)).view_as(x);
+    }
     return (x + delta).clamp(0, 1) - x;
   }
 
@@ -136,6 +160,9 @@ class PGD : public cfamc::Attack {
         cfamc::option("restarts", CFAMC_OPTION_INT, "1", "independent runs; each sample keeps its strongest (needs a per-sample loss)"),
         cfamc::option("norm", CFAMC_OPTION_STRING, "\"linf\"", "\"linf\" or \"l2\""),
         cfamc::option("random_start", CFAMC_OPTION_BOOL, "true", "start uniformly inside the ball instead of at 0"),
+        cfamc::option("normal_start", CFAMC_OPTION_FLOAT, "0",
+                      "start at x + normal_start * N(0,1) instead of the uniform start (TRADES: 0.001; needs "
+                      "random_start = false); 0: off"),
     };
   }
   explicit PGD(const cfamc::Context& ctx) : Attack(ctx), engine_(settings(ctx), ctx.generator()) {}
@@ -148,7 +175,7 @@ class PGD : public cfamc::Attack {
     const std::string norm = ctx.text("norm");
     if (norm != "linf" && norm != "l2") throw cfamc::Error(CFAMC_ERROR_OPTION, "norm must be \"linf\" or \"l2\"");
     return {ctx.real("epsilon"), ctx.real("step_size"), ctx.integer("steps"), ctx.integer("restarts"), norm == "linf",
-            ctx.flag("random_start")};
+            ctx.flag("random_start"), ctx.real("normal_start")};
   }
   ProjectedAscent engine_;
 };

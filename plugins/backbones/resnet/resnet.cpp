@@ -4,16 +4,38 @@
 // (Adv-SS pre-training) and wrn34_10 (WideResNet-34-10, the RobustBench standard). Every BatchNorm exists
 // once per branch, selected per forward; normalisation happens inside; the output is the globally pooled
 // feature (no classifier). Tensor names are torchvision's (layer1.0.conv1.weight, ...) except the shortcut,
-// `shortcut` and `shortcut_bn` for its `downsample`: checkpoints already carry these names.
+// `shortcut` and `shortcut_bn` for its `downsample`, and the BatchNorm set after each BatchNorm's name:
+// checkpoints carry these names, and `export_tensors` gives torchvision's.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
 
 #include <cmath>
+#include <optional>
 
 namespace {
 
 namespace nn = torch::nn;
+
+// `name` as torchvision calls it when BatchNorm set `branch` is the only one; nothing for the tensors of
+// other sets and for the input normalisation. A segment after a BatchNorm's own name is its set.
+std::optional<std::string> torchvision_name(const std::string& name, int32_t branch) {
+  std::vector<std::string> parts;
+  for (size_t start = 0, dot = 0; dot != std::string::npos; start = dot + 1) {
+    dot = name.find('.', start);
+    parts.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+  }
+  if (parts.front() == "normalise") return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string& part = parts[i];
+    const bool norm = part.rfind("bn", 0) == 0 || part == "shortcut_bn";
+    if (norm && i + 1 < parts.size() && parts[i + 1] != std::to_string(branch)) return std::nullopt;
+    out += (out.empty() ? "" : ".") + (part == "shortcut" ? "downsample.0" : part == "shortcut_bn" ? "downsample.1" : part);
+    if (norm) ++i;  // the set's index
+  }
+  return out;
+}
 
 // One BatchNorm per branch (AdvCL uses 3 sets, ACL 2).
 class BranchedBatchNormImpl : public nn::Module {
@@ -232,6 +254,23 @@ class ResNet : public cfamc::Backbone {
 
   int64_t feature_dim() const override { return feature_dim_; }
   int32_t num_branches() const override { return static_cast<int32_t>(branches_); }
+
+  // torchvision's names: BatchNorm set `branch` becomes the only one (bn1.<b>.weight -> bn1.weight) and the
+  // projecting shortcut is `downsample` (shortcut -> downsample.0, shortcut_bn -> downsample.1). The input
+  // normalisation is no tensor of torchvision's model; the host records it as metadata.
+  cfamc::TensorMap export_tensors(int32_t branch) override {
+    if (branch < 0 || branch >= branches_) {
+      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(name_) + " has BatchNorm branches 0.." +
+                                                           std::to_string(branches_ - 1) + ", not " + std::to_string(branch));
+    }
+    cfamc::TensorMap out;
+    const auto add = [&](const std::string& name, const at::Tensor& value) {
+      if (auto exported = torchvision_name(name, branch)) out.insert(*exported, value);
+    };
+    for (const auto& item : named_parameters(/*recurse=*/true)) add(item.key(), item.value());
+    for (const auto& item : named_buffers(/*recurse=*/true)) add(item.key(), item.value());
+    return out;
+  }
 
  private:
   // torchvision's _make_layer; a ModuleList per stage gives its names (layer1.0.conv1.weight, ...). Returns

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define CFAMC_ABI_MAJOR 1
-#define CFAMC_ABI_MINOR 1
+#define CFAMC_ABI_MINOR 2
 
 /* The one symbol a plugin library exports; the ABI major is part of its name. */
 #define CFAMC_PLUGIN_ENTRY_SYMBOL "cfamc_plugin_entry_v1"
@@ -215,6 +215,15 @@ typedef struct cfamc_eval_services {
   /* A path inside the run directory where the evaluator may write `name`; copied into `buffer`.
    * Returns the length needed, excluding the terminating zero. */
   size_t (*artifact_path)(void *self, const char *name, char *buffer, size_t capacity);
+
+  /* ---- Appended in ABI 1.2: check `struct_size` before calling. */
+
+  /* Saves a classifier as the evaluator's artifact `name`: the encoder as it is now (every tensor
+   * `encoder_tensors` visits) and `head`, a linear layer on the backbone feature ("weight" [C, D], "bias"
+   * [C]), in the host's checkpoint format, which `cfamc-host export` turns into a torchvision-style model
+   * (the head as `fc`). An error for a head of another shape, and for an encoder that has no tensors (the
+   * raw-pixel control). */
+  cfamc_error *(*save_classifier)(void *self, const char *name, const cfamc_named_tensors *head);
 } cfamc_eval_services;
 
 /* ---- The host API ------------------------------------------------------------------------------- */
@@ -322,6 +331,12 @@ typedef struct cfamc_backbone_vtable {
   int32_t (*num_branches)(void *self); /* BatchNorm sets selectable by `branch`; at least 1 */
   /* x: borrowed, [N,C,H,W] float in [0,1]; normalisation happens inside. out_features: owned, [N, D]. */
   cfamc_error *(*forward)(void *self, const cfamc_tensor *x, int32_t branch, cfamc_tensor **out_features);
+  /* Appended in ABI 1.2; optional (default: the parameters and buffers `named_tensors` visits, under their
+   * own names). The tensors of this network as its reference implementation names them, with BatchNorm set
+   * `branch` as the only one, for `cfamc-host export` (the ResNets: torchvision's names, so that
+   * torchvision's model loads them with strict=True). Input normalisation is left out: the host records it
+   * as metadata. Tensors are borrowed for the visit. */
+  cfamc_error *(*export_tensors)(void *self, int32_t branch, const cfamc_tensor_visitor *visitor);
 } cfamc_backbone_vtable;
 
 typedef struct cfamc_objective_vtable {

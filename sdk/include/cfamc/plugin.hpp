@@ -302,6 +302,21 @@ class EvalServices {
     return s_->feature_dim(s_->self, which);
   }
   void set_encoder_training(bool training) const { s_->set_encoder_training(s_->self, training ? 1 : 0); }
+  // The encoder's tensors of `role`, aliasing its own (an evaluator that fine-tunes the encoder trains its
+  // parameters; the host puts them back after `evaluate`).
+  std::vector<at::Tensor> encoder_tensors(cfamc_tensor_role role = CFAMC_ROLE_PARAMETER) const {
+    struct Visit {
+      cfamc_tensor_role role;
+      std::vector<at::Tensor> out;
+    } visit{role, {}};
+    const cfamc_tensor_visitor visitor{sizeof(cfamc_tensor_visitor), &visit,
+                                       [](void* self, cfamc_tensor_role r, const char*, const cfamc_tensor* tensor) {
+                                         auto* v = static_cast<Visit*>(self);
+                                         if (r == v->role) v->out.push_back(tensor_of(tensor));
+                                       }};
+    s_->encoder_tensors(s_->self, &visitor);
+    return visit.out;
+  }
   at::Tensor make_views(const std::string& group, const at::Tensor& images) const {
     cfamc_tensor* in = handle_of(images);
     cfamc_tensor* out = nullptr;
@@ -328,6 +343,19 @@ class EvalServices {
     std::string path(s_->artifact_path(s_->self, name.c_str(), nullptr, 0), '\0');
     s_->artifact_path(s_->self, name.c_str(), path.data(), path.size() + 1);
     return path;
+  }
+  // ABI 1.2: the encoder as it is now and `head` ("weight" [C, D], "bias" [C] on the backbone feature) as
+  // the artifact `name`, a classifier that cfamc-host export reads.
+  bool can_save_classifier() const {
+    return s_->struct_size >= offsetof(cfamc_eval_services, save_classifier) + sizeof(s_->save_classifier) &&
+           s_->save_classifier != nullptr;
+  }
+  void save_classifier(const std::string& name, const TensorMap& head) const {
+    if (!can_save_classifier()) {
+      throw Error(CFAMC_ERROR_UNSUPPORTED, "this host cannot save classifiers (it predates plugin ABI 1.2)");
+    }
+    NamedTensorsView named(head);
+    check(s_->save_classifier(s_->self, name.c_str(), named.get()));
   }
 
  private:
@@ -394,6 +422,14 @@ class Backbone : public Component {
   virtual at::Tensor forward(const at::Tensor& x, int32_t branch) = 0;
   virtual int64_t feature_dim() const = 0;
   virtual int32_t num_branches() const { return 1; }
+  // The tensors under the names of the network's reference implementation, with BatchNorm set `branch` as
+  // the only one (cfamc-host export). Default: parameters and buffers under their own names.
+  virtual TensorMap export_tensors(int32_t /*branch*/) {
+    TensorMap out;
+    for (const auto& item : named_parameters(/*recurse=*/true)) out.insert(item.key(), item.value());
+    for (const auto& item : named_buffers(/*recurse=*/true)) out.insert(item.key(), item.value());
+    return out;
+  }
 };
 
 class Objective : public Component {
@@ -495,6 +531,15 @@ const cfamc_backbone_vtable* backbone_vtable() {
       [](void* self) -> int32_t { return self_of<T>(self).num_branches(); },
       [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) {
         return guard([&] { *out = handle_of(self_of<T>(self).forward(tensor_of(x), branch)); });
+      },
+      [](void* self, int32_t branch, const cfamc_tensor_visitor* visitor) {
+        return guard([&] {
+          for (const auto& item : self_of<T>(self).export_tensors(branch)) {
+            cfamc_tensor* h = handle_of(item.value());
+            visitor->visit(visitor->self, CFAMC_ROLE_PARAMETER, item.key().c_str(), h);
+            host().tensor_release(h);
+          }
+        });
       }};
   return &table;
 }

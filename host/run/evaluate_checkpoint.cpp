@@ -1,0 +1,101 @@
+#include "run/evaluate_checkpoint.hpp"
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "failure.hpp"
+#include "files.hpp"
+#include "log.hpp"
+#include "run/assembly.hpp"
+#include "run/evaluation.hpp"
+#include "run/model_file.hpp"
+#include "run/run_dir.hpp"
+#include "train/checkpoint.hpp"
+#include "train/checkpoint_files.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace cfamc::host {
+namespace {
+
+struct OpenedCheckpoint {
+  fs::path file;
+  TensorMap tensors;
+};
+
+// The newest checkpoint of the run directory that verifies, as --resume would take it.
+OpenedCheckpoint newest_checkpoint(const RunDirectory& dir) {
+  const auto all = checkpoints_in(dir.checkpoints());
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    try {
+      return {it->second, load_checkpoint(it->second)};
+    } catch (const UnusableCheckpoint& e) {
+      log(LogLevel::warn, std::string(e.what()) + "; trying the one before it");
+    }
+  }
+  fail(ExitCode::usage, "--evaluate-only: no usable checkpoint in " + dir.checkpoints().string() +
+                            "; train first, or name one with --checkpoint PATH");
+}
+
+OpenedCheckpoint checkpoint_for(const EvaluateRequest& request) {
+  if (!request.checkpoint) return newest_checkpoint(request.dir);
+  return {*request.checkpoint, open_checkpoint(*request.checkpoint, "--checkpoint")};
+}
+
+// Whether the checkpoint holds an objective of the run file's plugin (a classifier artifact holds none).
+bool same_objective(const OpenedCheckpoint& checkpoint, const RunConfig& config) {
+  bool has_objective = false;
+  for (const auto& item : checkpoint.tensors) has_objective = has_objective || item.key().rfind("objective/", 0) == 0;
+  const auto description = model_description(checkpoint.tensors);
+  const std::string plugin = config.find(Role::objective)->plugin;
+  return has_objective && (!description || (*description)["objective"]["plugin"].value_or(plugin) == plugin);
+}
+
+// summary.json keeps what it held (a training run's summary, earlier evaluations); each result replaces the
+// one of the same id.
+void merge_into_summary(const fs::path& file, const json& eval) {
+  json summary = json::object();
+  if (std::ifstream in(file); in) {
+    summary = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!summary.is_object()) {
+      log(LogLevel::warn, file.string() + " is not a JSON object; writing a new one");
+      summary = json::object();
+    }
+  }
+  for (const auto& [id, metrics] : eval.items()) summary["eval"][id] = metrics;
+  write_file_atomically(file, summary.dump(2) + "\n");
+}
+
+}  // namespace
+
+void evaluate_checkpoint(const RunConfig& config, const Registry& registry, const EvaluateRequest& request) {
+  const OpenedCheckpoint checkpoint = checkpoint_for(request);
+  check_same_backbone(checkpoint.tensors, config, checkpoint.file);
+  const EvaluationData data = load_evaluation_data(config.data, request.device);
+  Assembly assembly = assemble(config, registry, request.device);
+  json eval = request.controls ? run_controls(assembly, data, config, registry, request.device, request.dir.path())
+                               : json::object();
+  load_component(*assembly.backbone, "backbone", checkpoint.tensors, checkpoint.file);
+  if (same_objective(checkpoint, config)) {
+    load_component(*assembly.objective, "objective", checkpoint.tensors, checkpoint.file);
+  } else {
+    // An evaluation protocol's run file need not repeat the pre-training method: without the checkpoint's
+    // objective there is no representation but the backbone's feature, never a random head's.
+    log(LogLevel::info, checkpoint.file.string() + " holds no objective of this run file's '" +
+                            config.find(Role::objective)->plugin + "': evaluators read the backbone feature");
+    assembly.objective.reset();
+  }
+  const int64_t step = checkpoint_step(checkpoint.tensors);
+  log(LogLevel::info, "evaluating " + checkpoint.file.string() + " (step " + std::to_string(step) + ")");
+  eval.update(run_evaluation(assembly.evaluation, assembly, data, config, request.dir.path()));
+  for (auto& [id, metrics] : eval.items()) {
+    metrics["checkpoint"] = fs::absolute(checkpoint.file).lexically_normal().string();
+    metrics["checkpoint_step"] = step;
+  }
+  merge_into_summary(request.dir.summary(), eval);
+  log(LogLevel::info, "summary: " + request.dir.summary().string());
+}
+
+}  // namespace cfamc::host

@@ -1,0 +1,43 @@
+// TensorBoard event files the host writes: scalar summaries appended to
+// `events.out.tfevents.<unix seconds>.<hostname>` in a run's directory, in TensorFlow's TFRecord framing of
+// serialized tensorboard.Event protos, so TensorBoard shows a run's metrics without TensorFlow or protobuf here.
+// A resumed run simply starts a new file beside the old ones: TensorBoard merges every events file of a directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace cfamc::host {
+
+// CRC-32C (Castagnoli), the checksum TFRecord framing uses; exposed for the tests.
+uint32_t crc32c(std::string_view bytes);
+
+class TensorBoardEvents {
+ public:
+  // Opens a new events file in `directory` (which must exist) and writes its file_version record. A
+  // directory that cannot take the file is a Failure naming it (exit code ExitCode::other).
+  explicit TensorBoardEvents(const std::filesystem::path& directory);
+  // Writes what is still buffered, as far as it can: a destructor cannot report a failure.
+  ~TensorBoardEvents();
+  TensorBoardEvents(TensorBoardEvents&& other) noexcept;
+  TensorBoardEvents& operator=(TensorBoardEvents&& other) noexcept;
+  TensorBoardEvents(const TensorBoardEvents&) = delete;
+  TensorBoardEvents& operator=(const TensorBoardEvents&) = delete;
+
+  // Buffers one scalar; TensorBoard keeps it as a float32.
+  void scalar(const std::string& tag, double value, int64_t step);
+  // Hands the buffered records to the kernel, so a crash of the process loses none of them; a write error
+  // (disk full, say) is a Failure naming the file.
+  void flush();
+
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  std::string pending_;  // framed records not yet written
+  int fd_ = -1;          // -1 once moved from
+};
+
+}  // namespace cfamc::host
