@@ -54,7 +54,8 @@ void write_safetensors(const std::filesystem::path& file, const TensorMap& tenso
   } catch (const Failure& e) {
     // The target is the user's choice: a usage error, naming the file rather than its temporary.
     const std::string why = e.what();
-    fail(ExitCode::usage, "cannot write " + file.string() + why.substr(why.rfind(':')));
+    const size_t colon = why.rfind(':');
+    fail(ExitCode::usage, "cannot write " + file.string() + (colon == std::string::npos ? ": " + why : why.substr(colon)));
   }
 }
 

@@ -338,6 +338,22 @@ TEST_CASE("TensorBoard reads every metrics.jsonl scalar and the final evaluation
   CHECK(static_cast<float>(read["eval/knn/accuracy"][0][1].get<double>()) ==
         static_cast<float>(summary["eval"]["knn"]["accuracy"].get<double>()));
 
+  // A resume from an older checkpoint trains steps again: TensorBoard keeps one point per step, as metrics.jsonl.
+  const std::string resumed = "--config " + file.string() + " --set run.dir=" + (dir.path() / "resumed").string() +
+                              " --set train.log_every=1";
+  REQUIRE(run_host(resumed + " --until-step 6").exit_code == 0);
+  std::filesystem::remove(dir.path() / "resumed" / "checkpoints" / "step-000000006.pt");
+  REQUIRE(run_host(resumed + " --resume --until-step 8").exit_code == 0);
+  const auto resumed_lines = read_lines(dir.path() / "resumed" / "metrics.jsonl");
+  const json again = cfamc::test::read_with_tensorboard(dir.path() / "resumed" / "tensorboard");
+  REQUIRE(resumed_lines.size() == 8);
+  REQUIRE(again["train/loss"].size() == resumed_lines.size());
+  for (size_t i = 0; i < resumed_lines.size(); ++i) {
+    CHECK(again["train/loss"][i][0] == resumed_lines[i]["step"]);
+    CHECK(static_cast<float>(again["train/loss"][i][1].get<double>()) ==
+          static_cast<float>(resumed_lines[i]["loss"].get<double>()));
+  }
+
   const auto off = run_host("--config " + file.string() + " --set run.dir=" + (dir.path() / "off").string() +
                             " --set run.tensorboard=false --until-step 2");
   REQUIRE(off.exit_code == 0);

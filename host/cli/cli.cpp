@@ -18,6 +18,7 @@
 #include "run/assembly.hpp"
 #include "run/evaluate_checkpoint.hpp"
 #include "run/model_export.hpp"
+#include "run/model_file.hpp"
 #include "run/interruption.hpp"
 #include "run/resume_changes.hpp"
 #include "run/run_dir.hpp"
@@ -44,6 +45,7 @@ struct Options {
   bool controls = false;
   std::string export_out;
   int32_t bn_branch = -1;  // export: -1 means the checkpoint's own
+  bool overwrite = false;
   std::string log_level = "info";
 };
 
@@ -92,6 +94,7 @@ int validate(const Options& options) {
   const std::string device = resolve_device(r.config.device, r.config.file);
   const Assembly assembly = assemble(r.config, r.registry, "cpu");
   view_groups_of(r.config, *assembly.objective);
+  open_init_checkpoint(r.config, assembly);
   std::cout << r.config.file << ": ok (device " << device << ")\n";
   for (const auto& c : r.config.components) std::cout << "  " << c.label << " = " << c.plugin << "\n";
   return 0;
@@ -116,7 +119,6 @@ int evaluate(const Options& options) {
   Resolved r = resolve(options);
   const std::string device = resolve_device(r.config.device, r.config.file);
   const RunDirectory dir(r.config.dir);
-  watch_for_interruption();
   std::optional<std::filesystem::path> checkpoint;
   if (!options.checkpoint.empty()) checkpoint = options.checkpoint;
   evaluate_checkpoint(r.config, r.registry, EvaluateRequest{device, dir, checkpoint, options.controls});
@@ -124,7 +126,7 @@ int evaluate(const Options& options) {
 }
 
 int export_command(const Options& options) {
-  ExportRequest request{options.checkpoint, options.export_out, std::nullopt};
+  ExportRequest request{options.checkpoint, options.export_out, std::nullopt, options.overwrite};
   if (options.bn_branch >= 0) request.bn_branch = options.bn_branch;
   export_model(request);
   return 0;
@@ -185,6 +187,7 @@ void add_checkpoint_and_info_options(CLI::App& app, Options& options) {
   exporter->add_option("--out", options.export_out, "the .safetensors file to write")->required();
   exporter->add_option("--bn-branch", options.bn_branch, "the BatchNorm set to export (default: the checkpoint's, else 0)")
       ->check(CLI::NonNegativeNumber);
+  exporter->add_flag("--overwrite", options.overwrite, "replace --out when it exists");
   app.add_flag("--version", options.version, "print versions and CUDA availability");
   app.add_flag("--list-plugins", options.list_plugins, "list every plugin component found");
   app.add_flag("--json", options.json, "with --list-plugins: JSON output");

@@ -186,6 +186,9 @@ at::Tensor EvalServices::run_attack(const EvalAttack& attack, const cfamc_oracle
 }
 
 void EvalServices::save_classifier(const std::string& name, const TensorMap& head) const {
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+    fail(ExitCode::plugin, "save_classifier: '" + name + "' is not a file name (the artifact stays in its folder)");
+  }
   const Backbone* backbone = encoder_->backbone();
   if (!classifier_saver_ || backbone == nullptr) {
     fail(ExitCode::plugin, "save_classifier: this evaluation has no encoder to save (a control, or no saver)");

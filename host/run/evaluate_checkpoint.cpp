@@ -89,11 +89,12 @@ void evaluate_checkpoint(const RunConfig& config, const Registry& registry, cons
   }
   const int64_t step = checkpoint_step(checkpoint.tensors);
   log(LogLevel::info, "evaluating " + checkpoint.file.string() + " (step " + std::to_string(step) + ")");
-  eval.update(run_evaluation(assembly.evaluation, assembly, data, config, request.dir.path()));
-  for (auto& [id, metrics] : eval.items()) {
+  json trained = run_evaluation(assembly.evaluation, assembly, data, config, request.dir.path());
+  for (auto& [id, metrics] : trained.items()) {  // the controls did not come from the checkpoint
     metrics["checkpoint"] = fs::absolute(checkpoint.file).lexically_normal().string();
     metrics["checkpoint_step"] = step;
   }
+  eval.update(trained);
   merge_into_summary(request.dir.summary(), eval);
   log(LogLevel::info, "summary: " + request.dir.summary().string());
 }

@@ -66,28 +66,32 @@ EvalServices::ClassifierSaver classifier_saver(const RunConfig& config, const Co
   };
 }
 
-// The encoder's tensors as they were before an evaluator ran, put back after it, so that an evaluator that
-// fine-tunes the encoder leaves the next one the pre-trained weights.
-class EncoderRestorer {
+// The encoder's tensors and mode as they were before an evaluator ran, put back after it, so that an
+// evaluator that fine-tunes the encoder leaves the next one the pre-trained weights.
+class EncoderSnapshot {
  public:
-  explicit EncoderRestorer(const EvalEncoder& encoder) : encoder_(encoder) {
-    encoder.visit_tensors([&](cfamc_tensor_role, const std::string&, const at::Tensor& value) {
-      saved_.push_back(value.detach().clone());
+  explicit EncoderSnapshot(const EvalEncoder& encoder) : encoder_(encoder) {
+    encoder.visit_tensors([&](cfamc_tensor_role, const std::string& name, const at::Tensor& value) {
+      saved_.emplace_back(name, value.detach().clone());
     });
   }
-  ~EncoderRestorer() {
+  // The visit order is the components' (backbone, then objective), so the i-th tensor is the i-th saved one;
+  // its name and shape are checked all the same.
+  void restore() const {
     c10::NoGradGuard no_grad;
     size_t next = 0;
-    encoder_.visit_tensors([&](cfamc_tensor_role, const std::string&, const at::Tensor& value) {
-      if (next < saved_.size()) value.copy_(saved_[next++]);
+    encoder_.visit_tensors([&](cfamc_tensor_role, const std::string& name, const at::Tensor& value) {
+      if (next >= saved_.size() || saved_[next].first != name || saved_[next].second.sizes() != value.sizes()) {
+        fail(ExitCode::plugin, "the encoder's tensor '" + name + "' changed its name or shape during an evaluation");
+      }
+      value.copy_(saved_[next++].second);
     });
+    encoder_.set_training(false);
   }
-  EncoderRestorer(const EncoderRestorer&) = delete;
-  EncoderRestorer& operator=(const EncoderRestorer&) = delete;
 
  private:
   const EvalEncoder& encoder_;
-  std::vector<at::Tensor> saved_;
+  std::vector<std::pair<std::string, at::Tensor>> saved_;
 };
 
 DatasetSplit prepare_split(ImageSet set, int64_t subset, const DataConfig& config, const std::string& device) {
@@ -122,10 +126,14 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
                           run_dir / "artifacts" / id, view_maker_for(*component, config));
     services.set_classifier_saver(classifier_saver(config, *component));
     const auto start = std::chrono::steady_clock::now();
-    {
-      const EncoderRestorer restorer(services.encoder());
+    const EncoderSnapshot snapshot(services.encoder());
+    try {
       evaluator->evaluate(*services.get());
+    } catch (...) {
+      snapshot.restore();  // the next command in this process (a test, a later pass) sees the encoder intact
+      throw;
     }
+    snapshot.restore();
     json metrics = services.metrics();
     metrics["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     add_robustness_curve(metrics, *component, config, id, run_dir);

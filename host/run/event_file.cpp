@@ -63,9 +63,11 @@ void put_int64(std::string& out, int field, int64_t value) {
 }
 
 // tensorboard.Event's fields.
-constexpr int kWallTime = 1, kStep = 2, kFileVersion = 3, kSummary = 5;
+constexpr int kWallTime = 1, kStep = 2, kFileVersion = 3, kSummary = 5, kSessionLog = 7;
 // Summary { repeated Value value = 1; }, Value { string tag = 1; float simple_value = 2; }.
 constexpr int kSummaryValue = 1, kValueTag = 1, kValueSimpleValue = 2;
+// SessionLog.status (field 1) = START (1).
+constexpr int kSessionLogStatus = 1, kSessionStart = 1;
 
 double wall_time() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -165,6 +167,16 @@ void TensorBoardEvents::scalar(const std::string& tag, double value, int64_t ste
   put_double(event, kWallTime, wall_time());
   put_int64(event, kStep, step);
   put_bytes(event, kSummary, summary);
+  append_record(pending_, event);
+}
+
+void TensorBoardEvents::restart(int64_t step) {
+  std::string session_log;
+  put_int64(session_log, kSessionLogStatus, kSessionStart);
+  std::string event;
+  put_double(event, kWallTime, wall_time());
+  put_int64(event, kStep, step);
+  put_bytes(event, kSessionLog, session_log);
   append_record(pending_, event);
 }
 

@@ -1,7 +1,8 @@
 // TensorBoard event files the host writes: scalar summaries appended to
 // `events.out.tfevents.<unix seconds>.<hostname>` in a run's directory, in TensorFlow's TFRecord framing of
 // serialized tensorboard.Event protos, so TensorBoard shows a run's metrics without TensorFlow or protobuf here.
-// A resumed run simply starts a new file beside the old ones: TensorBoard merges every events file of a directory.
+// A resumed run starts a new file beside the old ones, beginning with a SessionLog START at its first step:
+// TensorBoard merges every events file of a directory and purges the points at or after that step.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,9 @@ class TensorBoardEvents {
 
   // Buffers one scalar; TensorBoard keeps it as a float32.
   void scalar(const std::string& tag, double value, int64_t step);
+  // A resumed run restarts at `step`: TensorBoard drops the points of earlier files from this step on, the
+  // steps trained again (as metrics.jsonl drops their lines).
+  void restart(int64_t step);
   // Hands the buffered records to the kernel, so a crash of the process loses none of them; a write error
   // (disk full, say) is a Failure naming the file.
   void flush();

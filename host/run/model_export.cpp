@@ -60,11 +60,15 @@ std::map<std::string, std::string> metadata_for(const toml::table& description, 
 }  // namespace
 
 void export_model(const ExportRequest& request) {
+  std::error_code error;
+  if (std::filesystem::exists(request.out, error) && !request.overwrite) {
+    fail(ExitCode::usage, "export --out " + request.out.string() + " exists; choose another name, or add --overwrite");
+  }
   const TensorMap saved = open_checkpoint(request.checkpoint, "export --checkpoint");
   const auto description = model_description(saved);
   if (!description || !(*description)["backbone"].is_table()) {
     fail(ExitCode::usage, "export: " + request.checkpoint.string() +
-                              " does not say which network it holds (written by cfamc before 0.2, or not by cfamc)");
+                              " does not say which network it holds (written by an older cfamc, or not by cfamc)");
   }
   std::vector<std::string> paths;
   if (const toml::array* given = (*description)["plugin_paths"].as_array())

@@ -13,10 +13,12 @@ struct ExportRequest {
   std::filesystem::path checkpoint;
   std::filesystem::path out;
   std::optional<int32_t> bn_branch;  // default: the classifier's, or 0
+  bool overwrite = false;            // replace an existing `out`
 };
 
 // Failure(usage) for a missing checkpoint, one without a model description, one whose tensors do not fit
-// the backbone it describes, an unwritable target; Failure(data) for a damaged checkpoint.
+// the backbone it describes, a target that exists (unless `overwrite`) or cannot be written; Failure(data)
+// for a damaged checkpoint.
 void export_model(const ExportRequest& request);
 
 }  // namespace cfamc::host

@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include "plugins/components.hpp"
+#include "run/assembly.hpp"
 #include "run/run_config.hpp"
 
 namespace cfamc::host {
@@ -32,11 +33,19 @@ TensorMap open_checkpoint(const std::filesystem::path& file, const std::string& 
 // Failure(usage) when `saved` (from `file`) holds another backbone plugin than this run's `[backbone]`.
 void check_same_backbone(const TensorMap& saved, const RunConfig& config, const std::filesystem::path& file);
 
-// Copies the tensors saved under "<prefix>/" into `component` (parameters, buffers, state). A tensor
-// missing on either side, or of another shape, is Failure(usage) naming the file, the tensor and both
-// shapes. Returns how many tensors were copied.
+// Whether the tensors saved under "<prefix>/" fit `component` (parameters, buffers, state): a tensor
+// missing on either side, or of another shape, is Failure(usage) naming the file, the tensor and both shapes.
+void check_component(const Component& component, const std::string& prefix, const TensorMap& saved,
+                     const std::filesystem::path& file);
+// Checks, then copies them into `component`; returns how many tensors were copied.
 size_t load_component(Component& component, const std::string& prefix, const TensorMap& saved,
                       const std::filesystem::path& file);
+
+// [init]'s checkpoint, opened and checked against the components it starts, nothing copied yet (so that a
+// bad one stops a run before anything is evaluated or written, and --validate finds it); nullopt without
+// [init]. Then the copy, logged.
+std::optional<TensorMap> open_init_checkpoint(const RunConfig& config, const Assembly& assembly);
+void apply_init_checkpoint(const RunConfig& config, const Assembly& assembly, const TensorMap& saved);
 
 // The training step a checkpoint was written at (0 for artifacts without one).
 int64_t checkpoint_step(const TensorMap& saved);

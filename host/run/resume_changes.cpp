@@ -13,10 +13,10 @@ namespace {
 
 // Keys a resumed run may change without losing exactness: they decide where and how often the run
 // reports, and what it evaluates, not what it trains. An [attacks.<id>] the attack schedule trains with
-// is training.
+// is training. [init] only starts a fresh run: a resume takes everything from its checkpoint.
 bool free_to_change(const std::string& key, const std::set<std::string>& scheduled) {
-  for (const char* prefix : {"run.dir", "run.device", "plugins.", "evaluate.", "train.log_every",
-                             "train.checkpoint_every", "train.keep_checkpoints"}) {
+  for (const char* prefix : {"run.dir", "run.device", "run.tensorboard", "plugins.", "evaluate.", "train.log_every",
+                             "train.checkpoint_every", "train.keep_checkpoints", "init.", "attack_sequences."}) {
     if (key.rfind(prefix, 0) == 0) return true;
   }
   if (key.rfind("attacks.", 0) != 0) return false;

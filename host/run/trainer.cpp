@@ -75,7 +75,6 @@ class TrainingRun {
  private:
   bool resume();
   void start_fresh();
-  void initialise_from_checkpoint();
   const Attack* attack_at(int64_t epoch) const;
   LossResult step(const Attack* attack);
   void stop_if_interrupted();
@@ -173,25 +172,14 @@ bool TrainingRun::resume() {
   return false;
 }
 
+// A bad [init] checkpoint stops the run before the directory is touched or the controls spend their time.
 void TrainingRun::start_fresh() {
+  const std::optional<TensorMap> init = open_init_checkpoint(config_, assembly_);
   request_.dir.prepare_fresh_start(request_.fresh, config_.file);
   controls_ = run_controls(assembly_, data_, config_, registry_, request_.device, request_.dir.path());
   write_file_atomically(request_.dir.untrained(), controls_.dump(2));
-  initialise_from_checkpoint();
-}
-
-// [init]: after the controls, which measure the network as its seed made it.
-void TrainingRun::initialise_from_checkpoint() {
-  const fs::path file = config_.init.checkpoint;
-  if (file.empty()) return;
-  const TensorMap saved = open_checkpoint(file, config_.file + ": init.checkpoint");
-  check_same_backbone(saved, config_, file);
-  for (const auto& name : config_.init.components) {
-    Component& component = name == "backbone" ? static_cast<Component&>(*assembly_.backbone) : *assembly_.objective;
-    const size_t count = load_component(component, name, saved, file);
-    log(LogLevel::info, "init: " + name + " starts from " + file.string() + " (step " +
-                            std::to_string(checkpoint_step(saved)) + ", " + std::to_string(count) + " tensors)");
-  }
+  // After the controls, which measure the network as its seed made it.
+  if (init) apply_init_checkpoint(config_, assembly_, *init);
 }
 
 // The training attack of an epoch: [attack] from its from_epoch, overridden by [[attack_schedule]].
@@ -235,6 +223,7 @@ bool TrainingRun::train() {
   if (config_.tensorboard) {
     fs::create_directories(request_.dir.tensorboard());
     events_.emplace(request_.dir.tensorboard());
+    if (step_ > 0) events_->restart(step_ + 1);
   }
   assembly_.backbone->set_training(true);
   assembly_.objective->set_training(true);
