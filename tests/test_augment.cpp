@@ -1,12 +1,18 @@
 // On-device multi-view augmentation: shapes and ranges, identity when every transform is off, crop boxes
-// that follow the configured distribution, probabilities honoured, determinism.
+// that follow the configured distribution, probabilities honoured, determinism; the padded crop (RandomCrop
+// with padding) exact, spread over every offset, and refused where contradictory or too large.
 #include "torch_catch.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <functional>
+#include <string>
+
 #include "augment/views.hpp"
+#include "failure.hpp"
 
 using namespace cfamc::host;
+using Catch::Matchers::Contains;
 
 namespace {
 
@@ -23,6 +29,36 @@ ViewRecipe all_off(int64_t size) {
 
 at::Tensor random_images(int64_t n, int64_t c, int64_t side) {
   return torch::randint(0, 256, {n, c, side, side}, torch::kUInt8);
+}
+
+// AdvCL's weak view: RandomCrop(size, padding) and the flip, nothing else.
+ViewRecipe padded_crop(int64_t size, int64_t padding) {
+  ViewRecipe r = all_off(size);
+  r.padding = padding;
+  return r;
+}
+
+std::string failure_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Failure& failure) {
+    CHECK(failure.code() == ExitCode::usage);
+    return failure.what();
+  }
+  return "(no failure)";
+}
+
+// Where `view` [C, size, size] sits in the zero-padded `image` [C, H, W]: 0 none, 1 a window at some offset,
+// 2 the mirror of one (a flipped view). Every offset of the padded image is tried.
+int match_in_padded(const at::Tensor& view, const at::Tensor& image, int64_t padding) {
+  const int64_t size = view.size(1);
+  const at::Tensor padded = at::constant_pad_nd(image, {padding, padding, padding, padding}, 0);
+  const at::Tensor windows = padded.unfold(1, size, 1).unfold(2, size, 1);  // [C, oy, ox, size, size]
+  const auto found = [&](const at::Tensor& v) {
+    return (windows == v.unsqueeze(1).unsqueeze(1)).all(4).all(3).all(0).any().item<bool>();
+  };
+  if (found(view)) return 1;
+  return found(view.flip({2})) ? 2 : 0;
 }
 
 }  // namespace
@@ -166,4 +202,80 @@ TEST_CASE("the same generator state gives the same views", "[augment]") {
   const at::Tensor va = make_views(r, images, a);
   CHECK(torch::equal(va, make_views(r, images, b)));
   CHECK_FALSE(torch::equal(va, make_views(r, images, c)));
+}
+
+TEST_CASE("padded crop: every view is an exact window of its zero-padded image", "[augment]") {
+  const auto check = [](int64_t size, int64_t padding, double flip) {
+    ViewRecipe r = padded_crop(size, padding);
+    r.count = 2;
+    r.flip = flip;
+    auto g = generator(11);
+    const at::Tensor images = random_images(6, 3, 32);
+    const at::Tensor views = make_views(r, images, g);
+    REQUIRE(views.sizes() == at::IntArrayRef({12, 3, size, size}));
+    const at::Tensor expected = images.to(torch::kFloat).div(255.0);  // make_views' own scaling
+    int flipped = 0;
+    for (int64_t k = 0; k < views.size(0); ++k) {
+      INFO("view " << k << ", size " << size << ", padding " << padding);
+      const int where = match_in_padded(views[k], expected[k % 6], padding);
+      REQUIRE(where != 0);
+      if (flip == 0) CHECK(where == 1);
+      flipped += where == 2;
+    }
+    if (flip > 0) CHECK(flipped > 0);
+  };
+  check(32, 4, 0.0);
+  check(28, 4, 0.0);
+  check(32, 4, 0.5);  // the flip mirrors the window, as RandomCrop then RandomHorizontalFlip does
+}
+
+TEST_CASE("padded crop: offsets cover every position, corners included, centred on the padding", "[augment]") {
+  // Each pixel holds its own position, (1 + 32*row + col) / 1024, exactly representable and never 0. The
+  // view's centre pixel (16, 16) always lies inside the image, at row top + 12, column left + 12.
+  const int64_t n = 4000, padding = 4;
+  const at::Tensor position = (at::arange(1024, torch::kFloat) + 1).div(1024).view({1, 1, 32, 32});
+  auto g = generator(12);
+  const at::Tensor views = make_views(padded_crop(32, padding), position.expand({n, 1, 32, 32}), g);
+  const at::Tensor centre = (views.select(1, 0).select(1, 16).select(1, 16) * 1024 - 1).round().to(torch::kLong);
+  const at::Tensor top = centre.div(32, "floor") - 12, left = centre.remainder(32) - 12;
+  for (const at::Tensor& offset : {top, left}) {
+    CHECK(offset.min().item<int64_t>() == 0);
+    CHECK(offset.max().item<int64_t>() == 2 * padding);
+    CHECK(offset.to(torch::kDouble).mean().item<double>() == Approx(padding).margin(0.15));
+    // Uniform over the 9 positions: each about 1/9 of the draws.
+    const at::Tensor counts = at::bincount(offset, {}, 2 * padding + 1).to(torch::kDouble) / n;
+    CHECK(counts.min().item<double>() > 0.08);
+    CHECK(counts.max().item<double>() < 0.145);
+  }
+}
+
+TEST_CASE("padded crop: the same generator state gives the same views", "[augment]") {
+  ViewRecipe r = padded_crop(28, 4);
+  r.count = 2;
+  r.flip = 0.5;
+  const at::Tensor images = random_images(8, 3, 32);
+  auto a = generator(13), b = generator(13), c = generator(14);
+  const at::Tensor va = make_views(r, images, a);
+  CHECK(torch::equal(va, make_views(r, images, b)));
+  CHECK_FALSE(torch::equal(va, make_views(r, images, c)));
+}
+
+TEST_CASE("padded crop: padding with crop = true, or a window larger than the padded image, is refused", "[augment]") {
+  const auto recipe = [](const char* text) {
+    return view_recipe_from("weak", resolve_options(toml::parse(text), view_recipe_schema(), "views.weak", "run.toml"));
+  };
+  CHECK(recipe("crop = false\npadding = 4").padding == 4);
+  CHECK(view_recipe_defaults("weak").padding == 0);
+  const std::string both = failure_of([&] { recipe("padding = 4"); });  // crop defaults to true
+  CHECK_THAT(both, Contains("views.weak.padding") && Contains("views.weak.crop") && Contains("crop = false"));
+  CHECK_THAT(failure_of([&] { recipe("crop = false\npadding = -1"); }), Contains("views.weak.padding"));
+
+  ViewRecipe large = padded_crop(41, 4);
+  large.name = "weak";
+  auto g = generator(15);
+  const std::string too_large = failure_of([&] { make_views(large, random_images(2, 3, 32), g); });
+  CHECK_THAT(too_large, Contains("views.weak.size") && Contains("views.weak.padding"));
+  large.size = 40;  // exactly the padded image: the one window at offset 0
+  const at::Tensor whole = make_views(large, random_images(2, 3, 32), g);
+  CHECK(whole.sizes() == at::IntArrayRef({2, 3, 40, 40}));
 }

@@ -24,6 +24,10 @@ Schema view_recipe_schema() {
       {"count", CFAMC_OPTION_INT, "1", "views made of each image"},
       {"size", CFAMC_OPTION_INT, "32", "side length of every view, in pixels"},
       {"crop", CFAMC_OPTION_BOOL, "true", "RandomResizedCrop (torchvision's sampling and fallback); false: whole image"},
+      {"padding", CFAMC_OPTION_INT, "0",
+       "> 0: torchvision's RandomCrop(size, padding) instead of RandomResizedCrop: the image zero-padded by this "
+       "many pixels on each side, then a size x size window at a uniformly random offset (AdvCL's weak view: 4); "
+       "needs crop = false and size <= image side + 2*padding"},
       {"scale", CFAMC_OPTION_FLOAT_LIST, "[0.08, 1.0]", "crop area as a fraction of the image, [low, high]"},
       {"ratio", CFAMC_OPTION_FLOAT_LIST, "[\"3/4\", \"4/3\"]", "crop aspect ratio, [low, high], sampled log-uniformly"},
       {"flip", CFAMC_OPTION_FLOAT, "0.5", "probability of a horizontal flip"},
@@ -48,6 +52,7 @@ ViewRecipe view_recipe_from(const std::string& name, const toml::table& t) {
   r.count = resolved_value<int64_t>(t, "count");
   r.size = resolved_value<int64_t>(t, "size");
   r.crop = resolved_value<bool>(t, "crop");
+  r.padding = resolved_value<int64_t>(t, "padding");
   r.scale = pair_of(t, "scale", where);
   r.ratio = pair_of(t, "ratio", where);
   r.flip = resolved_value<double>(t, "flip");
@@ -64,6 +69,12 @@ ViewRecipe view_recipe_from(const std::string& name, const toml::table& t) {
   r.solarize_threshold = resolved_value<double>(t, "solarize_threshold");
 
   if (r.count < 1 || r.size < 1) fail(ExitCode::usage, where + ": count and size must be positive");
+  if (r.padding < 0) fail(ExitCode::usage, where + ".padding: pixels on each side, 0 or more");
+  // Two different crops: silently ignoring either would train on views the run file did not ask for.
+  if (r.padding > 0 && r.crop) {
+    fail(ExitCode::usage, where + ".padding > 0 (RandomCrop) contradicts " + where +
+                              ".crop = true (RandomResizedCrop): set crop = false to use padding");
+  }
   if (r.scale[0] <= 0 || r.scale[1] > 1) fail(ExitCode::usage, where + ".scale: fractions in (0, 1]");
   if (r.ratio[0] <= 0) fail(ExitCode::usage, where + ".ratio: aspect ratios must be positive");
   for (auto [p, key] : {std::pair{r.flip, "flip"}, {r.jitter, "jitter"}, {r.grayscale, "grayscale"},

@@ -1,5 +1,6 @@
 // A view group of the run file ([views.<name>]): how many views of each image, and the random transforms
-// that make them, in the order they apply: resized crop, flip, colour jitter, grayscale, blur, solarize.
+// that make them, in the order they apply: resized crop (or padded crop), flip, colour jitter, grayscale,
+// blur, solarize.
 #pragma once
 
 #include <array>
@@ -17,7 +18,8 @@ struct ViewRecipe {
   std::string name;
   int64_t count;  // views per image
   int64_t size;   // output side length
-  bool crop;      // RandomResizedCrop; false: the whole image, resized to `size`
+  bool crop;      // RandomResizedCrop; false: the whole image, resized to `size` (or the padded crop below)
+  int64_t padding;  // > 0 (with crop false): RandomCrop(size, padding), fill 0
   std::array<double, 2> scale;
   std::array<double, 2> ratio;
   double flip;
@@ -34,7 +36,7 @@ struct ViewRecipe {
 Schema view_recipe_schema();
 
 // A recipe from its validated table (resolve_options with view_recipe_schema()). Failure(usage) for values
-// out of range, naming `views.<name>.<key>`.
+// out of range or contradictory (padding > 0 with crop = true), naming `views.<name>.<key>`.
 ViewRecipe view_recipe_from(const std::string& name, const toml::table& resolved);
 
 // The recipe with every key at its declared default.

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <string>
+
+#include "failure.hpp"
 
 namespace cfamc::host {
 namespace {
@@ -38,6 +41,41 @@ at::Tensor crop_flip_resize(const at::Tensor& x, const at::Tensor& boxes, const 
   theta.select(1, 1).select(1, 2).copy_((2 * top + h) / height - 1);
   const at::Tensor grid = at::affine_grid_generator(theta.to(x.options()), {n, x.size(1), size, size}, false);
   return at::grid_sampler(x, grid, /*bilinear*/ 0, /*border*/ 1, /*align_corners=*/false);
+}
+
+// torchvision's RandomCrop(size, padding, fill=0) and then the flip, as two gathers from the batch padded
+// once: each output pixel is a copy of the padded image's pixel (no resampling), so the window is exact,
+// zero where it overlaps the padding, and a float input stays differentiable. `params` holds int64 rows of
+// (top, left, flip) on the images' device, the offsets counted in the padded image.
+at::Tensor pad_crop_flip(const at::Tensor& x, const at::Tensor& params, int64_t padding, int64_t size) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const at::Tensor padded = at::constant_pad_nd(x, {padding, padding, padding, padding}, 0);
+  const at::Tensor steps = at::arange(size, params.options()).unsqueeze(0);  // [1, size]
+  const at::Tensor rows = params.select(1, 0).unsqueeze(1) + steps;         // [n, size]
+  // A flipped window reads its columns right to left: out[j] = window[size-1-j].
+  const at::Tensor flipped = params.select(1, 2).unsqueeze(1).ne(0);
+  const at::Tensor cols = params.select(1, 1).unsqueeze(1) + at::where(flipped, size - 1 - steps, steps);
+  const at::Tensor row_index = rows.view({n, 1, size, 1}).expand({n, c, size, padded.size(3)});
+  const at::Tensor col_index = cols.view({n, 1, 1, size}).expand({n, c, size, size});
+  return padded.gather(2, row_index).gather(3, col_index);
+}
+
+// The padded crop's parameters for make_views: offsets uniform over every window position of the padded
+// image, as torchvision's RandomCrop.get_params draws them, refused when the window does not fit.
+at::Tensor padded_crop_params(const ViewRecipe& r, const at::Tensor& x, const at::Tensor& flip, at::Generator& g) {
+  const int64_t n = x.size(0);
+  const int64_t spare_h = x.size(2) + 2 * r.padding - r.size, spare_w = x.size(3) + 2 * r.padding - r.size;
+  if (spare_h < 0 || spare_w < 0) {
+    // Only here is the image size known; the run stops before its first step.
+    fail(ExitCode::usage, "views." + r.name + ".size = " + std::to_string(r.size) + " exceeds the image (" +
+                              std::to_string(x.size(2)) + "x" + std::to_string(x.size(3)) + ") plus 2*views." +
+                              r.name + ".padding = " + std::to_string(2 * r.padding));
+  }
+  const at::Tensor u = at::rand({n, 2}, g, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor top = (u.select(1, 0) * static_cast<double>(spare_h + 1)).floor();
+  const at::Tensor left = (u.select(1, 1) * static_cast<double>(spare_w + 1)).floor();
+  // One transfer of every parameter to the images' device.
+  return at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong).to(x.device());
 }
 
 at::Tensor adjust_hue(const at::Tensor& x, const at::Tensor& shift) {
@@ -170,7 +208,9 @@ at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generat
   at::Tensor x = images.is_floating_point() ? images : images.to(at::kFloat).div_(255.0);
   if (r.count > 1) x = x.repeat({r.count, 1, 1, 1});
   const at::Tensor flip = bernoulli(n, r.flip, g);
-  if (r.crop) {
+  if (r.padding > 0) {
+    x = pad_crop_flip(x, padded_crop_params(r, x, flip, g), r.padding, r.size);
+  } else if (r.crop) {
     const at::Tensor boxes = sample_crop_boxes(x.size(2), x.size(3), n, r.scale, r.ratio, g);
     x = crop_flip_resize(x, boxes.to(x.device()), flip.to(x.device()), r.size);
   } else {

@@ -12,6 +12,8 @@ namespace cfamc::host {
 
 // `images`: uint8 [B, C, H, W], or float in [0,1] (then differentiable). Returns float
 // [count*B, C, size, size] in [0,1], view-major (all first views, then all second views, ...).
+// Failure(usage) naming `views.<name>.size` and `.padding` when a padded crop's window exceeds the padded
+// image (the one recipe check that needs the image size).
 at::Tensor make_views(const ViewRecipe& recipe, const at::Tensor& images, at::Generator& generator);
 
 // RandomResizedCrop boxes as torchvision samples them (10 attempts, then the central fallback): int64
