@@ -1,17 +1,16 @@
 // SimCLR (Chen et al. 2020) as the CF-AMC-SSL paper uses it: a projection head on the backbone feature
 // and the NT-Xent loss over V views of each image. Robust variant: the attack perturbs the second view,
 // maximising NT-Xent(f(x2), f(x2 + delta)); training then contrasts x1 with x2 + delta.
+#include <cfamc/contrastive.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
-
-#include "nt_xent.hpp"
 
 #include <cmath>
 
 namespace {
 
-using cfamc::simclr::nt_xent;
+using cfamc::nt_xent;
 
 class SimCLR : public cfamc::Objective {
  public:
@@ -49,16 +48,7 @@ class SimCLR : public cfamc::Objective {
   std::vector<std::string> attacked_inputs() const override { return {"view2"}; }
 
   cfamc::TensorMap prepare(const cfamc::TensorMap& views, const at::Tensor&) override {
-    const at::Tensor& all = views[group_];
-    if (all.size(0) % views_ != 0) {
-      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "simclr: group '" + group_ + "' has " +
-                                                           std::to_string(all.size(0)) + " images, not a multiple of " +
-                                                           std::to_string(views_) + " views");
-    }
-    cfamc::TensorMap inputs;
-    const auto chunks = all.chunk(views_, 0);
-    for (int64_t v = 0; v < views_; ++v) inputs.insert("view" + std::to_string(v + 1), chunks[v]);
-    return inputs;
+    return cfamc::split_views(views, group_, views_, "simclr");
   }
 
   at::Tensor loss(const cfamc::Encoder& encoder, const cfamc::TensorMap& clean, const cfamc::TensorMap& adversarial,

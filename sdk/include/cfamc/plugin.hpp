@@ -362,6 +362,20 @@ class EvalServices {
   const cfamc_eval_services* s_;
 };
 
+// The view group `group` of `views` ([V*B, ...], view-major, as the host makes it) as inputs "view1" ..
+// "view<V>"; `who` names the objective in the error for a group that is not V views of each image.
+inline TensorMap split_views(const TensorMap& views, const std::string& group, int64_t count, const std::string& who) {
+  const at::Tensor& all = views[group];
+  if (all.size(0) % count != 0) {
+    throw Error(CFAMC_ERROR_INVALID_ARGUMENT, who + ": group '" + group + "' has " + std::to_string(all.size(0)) +
+                                                  " images, not " + std::to_string(count) + " views of each");
+  }
+  TensorMap inputs;
+  const auto chunks = all.chunk(count, 0);
+  for (int64_t v = 0; v < count; ++v) inputs.insert("view" + std::to_string(v + 1), chunks[v]);
+  return inputs;
+}
+
 // ---- Helpers for modules -----------------------------------------------------------------------------
 
 // PyTorch's default initialisation of every Linear layer inside `module`, U(-1/sqrt(fan_in), 1/sqrt(fan_in))

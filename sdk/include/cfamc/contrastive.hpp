@@ -1,11 +1,13 @@
-// The NT-Xent loss of SimCLR, generalised to V views per image.
+// Contrastive losses for objective plugins written with LibTorch (header-only, part of the public SDK):
+// NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020), generalised to V
+// views per image. The shipped SimCLR, ACL and RoCL objectives use it; a third-party objective can too.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <limits>
 
-namespace cfamc::simclr {
+namespace cfamc {
 
 // NT-Xent over V views laid out view-major ([V*B, d], rows L2-normalised): each row's positives are the
 // other views of the same image, its negatives every other row. For V = 2 this is SimCLR's loss.
@@ -22,4 +24,4 @@ inline at::Tensor nt_xent(const at::Tensor& z, int64_t views, double temperature
   return -per_row.mean();
 }
 
-}  // namespace cfamc::simclr
+}  // namespace cfamc
