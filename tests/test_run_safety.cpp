@@ -147,7 +147,9 @@ TEST_CASE("SIGINT and SIGTERM finish the step, write a checkpoint and exit 130 a
     INFO("SIG" << signal);
     TinyRun tiny;  // checkpoint_every = 0: without the signal's checkpoint, nothing would survive
     const std::string log = (tiny.dir.path() / "log").string();
-    const auto out = run_shell("env -u CFAMC_PLUGIN_PATH timeout 120 " + std::string(CFAMC_HOST_EXE) + " " +
+    // --foreground: otherwise timeout(1) passes a SIGTERM on to its child and then to its whole process
+    // group, so the run would see two signals, the second of which stops it at once (a race under load).
+    const auto out = run_shell("env -u CFAMC_PLUGIN_PATH timeout --foreground 120 " + std::string(CFAMC_HOST_EXE) + " " +
                                tiny.args("--set train.checkpoint_every=0 --set train.epochs=50") + " >" + log +
                                " 2>&1 & pid=$!; for i in $(seq 600); do grep -q 'epoch 0: training' " + log +
                                " && break; sleep 0.1; done; kill -" + signal + " $pid; wait $pid; echo rc=$?");
