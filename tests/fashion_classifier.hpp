@@ -1,5 +1,6 @@
 // A small classifier trained briefly on Fashion-MNIST (Debian's package) and the first 300 test images,
-// shared by the attack tests (trained once per test binary), and the oracle an evaluator would make of it.
+// shared by the attack tests (trained once per test binary), the oracles an evaluator would make of it, and
+// the check that an evaluation-only attack refuses the training oracle.
 #pragma once
 
 #include <torch/torch.h>
@@ -8,6 +9,8 @@
 #include "plugins/components.hpp"
 #include "plugins/context.hpp"
 #include "plugins/tensor_handle.hpp"
+#include "train/objective_oracle.hpp"
+#include "make_component.hpp"
 
 namespace cfamc::test {
 
@@ -100,5 +103,28 @@ struct LogitsOnlyOracle {
   cfamc_tensor labels;
   int64_t loss_calls = 0, rows = 0, inputs_requiring_grad = 0, graphs_built = 0;
 };
+
+// The attack `plugin` refuses the training oracle (an objective's loss, no logits or labels) with an error
+// naming itself, without calling it.
+inline void check_refuses_training_oracle(const std::string& plugin) {
+  auto attack = make<host::Attack>(CFAMC_KIND_ATTACK, plugin);
+  auto backbone = make<host::Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8");
+  auto simclr = make<host::Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
+                                      backbone->feature_dim());
+  host::TensorMap clean, attacked;
+  clean.insert("view1", torch::rand({4, 3, 8, 8}));
+  clean.insert("view2", torch::rand({4, 3, 8, 8}));
+  attacked.insert("view2", clean["view2"]);
+  host::ObjectiveOracle oracle(*simclr, *backbone, clean);
+  try {
+    attack->perturb(oracle.get(), attacked);
+    FAIL(plugin + " accepted the training oracle");
+  } catch (const host::Failure& e) {
+    CHECK(e.code() == host::ExitCode::plugin);
+    CHECK_THAT(std::string(e.what()), Catch::Matchers::Contains("plugin '" + plugin + "'") &&
+                                          Catch::Matchers::Contains("needs an oracle with logits and labels"));
+  }
+  CHECK(oracle.calls() == 0);
+}
 
 }  // namespace cfamc::test

@@ -87,24 +87,7 @@ TEST_CASE("fab draws its random restarts from its own generator", "[attack][fab]
 }
 
 TEST_CASE("fab refuses an oracle without logits, naming itself", "[attack][fab]") {
-  auto fab = make<Attack>(CFAMC_KIND_ATTACK, "fab");
-  auto backbone = make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8");
-  auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
-                                backbone->feature_dim());
-  TensorMap clean, attacked;
-  clean.insert("view1", torch::rand({4, 3, 8, 8}));
-  clean.insert("view2", torch::rand({4, 3, 8, 8}));
-  attacked.insert("view2", clean["view2"]);
-  ObjectiveOracle oracle(*simclr, *backbone, clean);
-  try {
-    fab->perturb(oracle.get(), attacked);
-    FAIL("fab accepted the training oracle");
-  } catch (const Failure& e) {
-    CHECK(e.code() == ExitCode::plugin);
-    CHECK_THAT(std::string(e.what()), Contains("plugin 'fab'"));
-    CHECK_THAT(std::string(e.what()), Contains("needs an oracle with logits and labels"));
-  }
-  CHECK(oracle.calls() == 0);
+  cfamc::test::check_refuses_training_oracle("fab");
 }
 
 TEST_CASE("fab refuses bad option values when it is made", "[attack][fab]") {

@@ -77,25 +77,7 @@ TEST_CASE("square is black-box: logits and labels only, no loss, no graph, broke
 
 TEST_CASE("square refuses an oracle without logits or labels, naming itself", "[attack][square]") {
   auto square = make<Attack>(CFAMC_KIND_ATTACK, "square");
-  SECTION("the training oracle: an objective's loss only") {
-    auto backbone = make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8");
-    auto simclr = make<Objective>(CFAMC_KIND_OBJECTIVE, "simclr", "hidden_dim = 16\nprojection_dim = 8",
-                                  backbone->feature_dim());
-    TensorMap clean, attacked;
-    clean.insert("view1", torch::rand({4, 3, 8, 8}));
-    clean.insert("view2", torch::rand({4, 3, 8, 8}));
-    attacked.insert("view2", clean["view2"]);
-    ObjectiveOracle oracle(*simclr, *backbone, clean);
-    try {
-      square->perturb(oracle.get(), attacked);
-      FAIL("square accepted an oracle without logits");
-    } catch (const Failure& e) {
-      CHECK(e.code() == ExitCode::plugin);
-      CHECK_THAT(std::string(e.what()), Contains("plugin 'square'"));
-      CHECK_THAT(std::string(e.what()), Contains("needs an oracle with logits and labels"));
-    }
-    CHECK(oracle.calls() == 0);
-  }
+  SECTION("the training oracle: an objective's loss only") { cfamc::test::check_refuses_training_oracle("square"); }
   SECTION("logits without labels") {
     LogitsOnlyOracle classifier(fashion());
     cfamc_oracle unlabelled = classifier.get();
