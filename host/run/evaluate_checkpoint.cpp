@@ -12,7 +12,6 @@
 #include "run/model_file.hpp"
 #include "run/run_dir.hpp"
 #include "train/checkpoint.hpp"
-#include "train/checkpoint_files.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -20,32 +19,16 @@ using json = nlohmann::json;
 namespace cfamc::host {
 namespace {
 
-struct OpenedCheckpoint {
-  fs::path file;
-  TensorMap tensors;
-};
-
-// The newest checkpoint of the run directory that verifies, as --resume would take it.
-OpenedCheckpoint newest_checkpoint(const RunDirectory& dir) {
-  const auto all = checkpoints_in(dir.checkpoints());
-  for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    try {
-      return {it->second, load_checkpoint(it->second)};
-    } catch (const UnusableCheckpoint& e) {
-      log(LogLevel::warn, std::string(e.what()) + "; trying the one before it");
-    }
-  }
-  fail(ExitCode::usage, "--evaluate-only: no usable checkpoint in " + dir.checkpoints().string() +
+// The newest checkpoint of the run directory that verifies, as --resume would take it, or the one named.
+LoadedCheckpoint checkpoint_for(const EvaluateRequest& request) {
+  if (request.checkpoint) return {*request.checkpoint, open_checkpoint(*request.checkpoint, "--checkpoint")};
+  if (auto newest = newest_usable_checkpoint(request.dir.checkpoints())) return std::move(*newest);
+  fail(ExitCode::usage, "--evaluate-only: no usable checkpoint in " + request.dir.checkpoints().string() +
                             "; train first, or name one with --checkpoint PATH");
 }
 
-OpenedCheckpoint checkpoint_for(const EvaluateRequest& request) {
-  if (!request.checkpoint) return newest_checkpoint(request.dir);
-  return {*request.checkpoint, open_checkpoint(*request.checkpoint, "--checkpoint")};
-}
-
 // Whether the checkpoint holds an objective of the run file's plugin (a classifier artifact holds none).
-bool same_objective(const OpenedCheckpoint& checkpoint, const RunConfig& config) {
+bool same_objective(const LoadedCheckpoint& checkpoint, const RunConfig& config) {
   bool has_objective = false;
   for (const auto& item : checkpoint.tensors) has_objective = has_objective || item.key().rfind("objective/", 0) == 0;
   const auto description = model_description(checkpoint.tensors);
@@ -71,7 +54,7 @@ void merge_into_summary(const fs::path& file, const json& eval) {
 }  // namespace
 
 void evaluate_checkpoint(const RunConfig& config, const Registry& registry, const EvaluateRequest& request) {
-  const OpenedCheckpoint checkpoint = checkpoint_for(request);
+  const LoadedCheckpoint checkpoint = checkpoint_for(request);
   check_same_backbone(checkpoint.tensors, config, checkpoint.file);
   const EvaluationData data = load_evaluation_data(config.data, request.device);
   Assembly assembly = assemble(config, registry, request.device);

@@ -148,23 +148,15 @@ void TrainingRun::start() {
 
 // The newest checkpoint that verifies, restored; false when there is none at all.
 bool TrainingRun::resume() {
-  const auto all = checkpoints_in(request_.dir.checkpoints());
-  for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    TensorMap saved;
-    try {
-      saved = load_checkpoint(it->second);
-    } catch (const UnusableCheckpoint& e) {
-      log(LogLevel::warn, std::string(e.what()) + "; trying the one before it");
-      continue;
-    }
-    step_ = first_step_ = state_.restore(saved, it->second);
-    last_checkpoint_ = it->second;
-    log(LogLevel::info, "resumed from " + it->second.string() + " at step " + std::to_string(step_));
+  if (const auto newest = newest_usable_checkpoint(request_.dir.checkpoints())) {
+    step_ = first_step_ = state_.restore(newest->tensors, newest->file);
+    last_checkpoint_ = newest->file;
+    log(LogLevel::info, "resumed from " + newest->file.string() + " at step " + std::to_string(step_));
     request_.dir.drop_metrics_after(step_);
     if (std::ifstream in(request_.dir.untrained()); in) controls_ = json::parse(in, nullptr, false);
     return true;
   }
-  if (!all.empty()) {
+  if (!checkpoints_in(request_.dir.checkpoints()).empty()) {
     fail(ExitCode::other, "no checkpoint in " + request_.dir.checkpoints().string() +
                               " can be used (each one is damaged, see above); start over with --fresh");
   }

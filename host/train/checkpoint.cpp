@@ -125,4 +125,16 @@ TensorMap load_checkpoint(const fs::path& file) {
   return out;
 }
 
+std::optional<LoadedCheckpoint> newest_usable_checkpoint(const fs::path& dir) {
+  const auto all = checkpoints_in(dir);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    try {
+      return LoadedCheckpoint{it->second, load_checkpoint(it->second)};
+    } catch (const UnusableCheckpoint& e) {
+      log(LogLevel::warn, std::string(e.what()) + "; trying the one before it");
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace cfamc::host

@@ -28,4 +28,12 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t 
 // file. A checkpoint written before checksums existed loads with a warning.
 TensorMap load_checkpoint(const std::filesystem::path& file);
 
+struct LoadedCheckpoint {
+  std::filesystem::path file;
+  TensorMap tensors;
+};
+// The newest checkpoint in `dir` that verifies, each damaged newer one named in a warning; nullopt when
+// none does (checkpoints_in tells whether there were any).
+std::optional<LoadedCheckpoint> newest_usable_checkpoint(const std::filesystem::path& dir);
+
 }  // namespace cfamc::host
