@@ -167,9 +167,10 @@ TEST_CASE("acl: a backbone with one BatchNorm set is refused at the first loss",
 namespace {
 
 struct RoclSetup {
-  RoclSetup()
+  explicit RoclSetup(const std::string& options = "")
       : backbone(make<Backbone>(CFAMC_KIND_BACKBONE, "convnet", "width = 8")),
-        rocl(make<Objective>(CFAMC_KIND_OBJECTIVE, "rocl", "hidden_dim = 24\nprojection_dim = 12", backbone->feature_dim())) {
+        rocl(make<Objective>(CFAMC_KIND_OBJECTIVE, "rocl", "hidden_dim = 24\nprojection_dim = 12\n" + options,
+                             backbone->feature_dim())) {
     for (const char* view : {"view1", "view2"}) clean.insert(view, torch::rand({6, 3, 8, 8}));
     adversarial.insert("view1", (clean["view1"] - 0.03).clamp(0, 1));
     backbone->set_training(false);  // batch-independent features: the direct computation may batch differently
@@ -186,6 +187,20 @@ struct RoclSetup {
   TensorMap clean, adversarial;
 };
 
+// RoCL's three-view loss as its reference code writes it: over the 3B x 3B similarity matrix, the -log of
+// each of the six off-diagonal blocks' diagonals (view a's row against view b's positive), summed, over 3B.
+double reference_three_view_loss(const at::Tensor& v1, const at::Tensor& v2, const at::Tensor& adv, double t) {
+  const at::Tensor z = torch::cat({v1, v2, adv});
+  const int64_t n = v1.size(0);
+  const at::Tensor e = (z.matmul(z.t()) / t).exp() * (1 - torch::eye(3 * n));
+  const at::Tensor nll = -(e / e.sum(1, true)).log();
+  double total = 0;
+  for (int64_t a = 0; a < 3; ++a)
+    for (int64_t b = 0; b < 3; ++b)
+      if (a != b) total += nll.slice(0, a * n, (a + 1) * n).slice(1, b * n, (b + 1) * n).diagonal().sum().item<double>();
+  return total / (3.0 * n);
+}
+
 }  // namespace
 
 TEST_CASE("rocl: attack loss is NT-Xent(adv(v1), v2), training adds the third view and 1/256 NT-Xent(adv, v2)",
@@ -197,13 +212,30 @@ TEST_CASE("rocl: attack loss is NT-Xent(adv(v1), v2), training adds the third vi
   const double attack = cfamc::nt_xent(torch::cat({adv, v2}), 2, 0.5).item<double>();
   CHECK(s.rocl->loss(*s.backbone, s.clean, s.adversarial, CFAMC_PHASE_ATTACK).loss.item<double>() ==
         Approx(attack).epsilon(1e-5));
-  const double three = cfamc::nt_xent(torch::cat({v1, v2, adv}), 3, 0.5).item<double>();
+  const double three = reference_three_view_loss(v1, v2, adv, 0.5);
   const LossResult train = s.rocl->loss(*s.backbone, s.clean, s.adversarial, CFAMC_PHASE_TRAIN);
   CHECK(train.loss.item<double>() == Approx(three + attack / 256).epsilon(1e-5));
   CHECK(train.scalars["nt_xent"].item<double>() == Approx(three).epsilon(1e-5));
   CHECK(train.scalars["nt_xent_adv_v2"].item<double>() == Approx(attack).epsilon(1e-5));
   // Falsifiable: the three-view term is not the pair term under another name.
   CHECK(std::abs(three - attack) > 1e-3);
+}
+
+TEST_CASE("rocl: reference_detached_similarity keeps the loss and changes its gradient", "[rocl]") {
+  std::vector<at::Tensor> grads;
+  std::vector<double> losses;
+  for (const char* options : {"", "reference_detached_similarity = true"}) {
+    torch::manual_seed(0);  // the same inputs for both
+    RoclSetup s(options);
+    TensorMap candidate;
+    candidate.insert("view1", s.adversarial["view1"].clone().requires_grad_(true));
+    const at::Tensor loss = s.rocl->loss(*s.backbone, s.clean, candidate, CFAMC_PHASE_TRAIN).loss;
+    loss.backward();
+    losses.push_back(loss.item<double>());
+    grads.push_back(candidate["view1"].grad().clone());
+  }
+  CHECK(losses[1] == Approx(losses[0]).epsilon(1e-6));  // the same seeds: the same network and value
+  CHECK((grads[0] - grads[1]).abs().max().item<double>() > 1e-6 * grads[0].abs().max().item<double>());
 }
 
 TEST_CASE("rocl: the attack perturbs view 1 only, and its loss depends on it", "[rocl]") {

@@ -1,7 +1,8 @@
 // RoCL, Robust Contrastive Learning (Kim et al. NeurIPS 2020, "Adversarial Self-Supervised Contrastive
 // Learning"): two views of each image; the attack perturbs view 1 only, maximising NT-Xent(adv(v1), v2)
 // (instance-wise attack); training minimises NT-Xent over the three views (v1, v2, adv), where every view
-// of an image is a positive of the others, plus a small term NT-Xent(adv, v2) weighted 1/256.
+// of an image is a positive of the others, plus a small term NT-Xent(adv, v2) weighted 1/256. As the reference
+// code computes it, the three-view term sums each row's two positive terms (NT-Xent averages them: twice ours).
 #include <cfamc/contrastive.hpp>
 #include <cfamc/plugin.hpp>
 
@@ -25,6 +26,9 @@ class Rocl : public cfamc::Objective {
         cfamc::option("projection_dim", CFAMC_OPTION_INT, "128", "output width of the projector (RoCL: 128)"),
         cfamc::option("adversarial_pair_weight", CFAMC_OPTION_FLOAT, "0.00390625",
                       "weight of NT-Xent(adv, v2) in the training loss (RoCL: 1/256)"),
+        cfamc::option("reference_detached_similarity", CFAMC_OPTION_BOOL, "false",
+                      "the reference code's accident: no gradient through the second factor of z z^T in every "
+                      "NT-Xent (attack and training)"),
     };
   }
 
@@ -32,7 +36,8 @@ class Rocl : public cfamc::Objective {
       : Objective(ctx),
         group_(ctx.text("group")),
         temperature_(ctx.real("temperature")),
-        pair_weight_(ctx.real("adversarial_pair_weight")) {
+        pair_weight_(ctx.real("adversarial_pair_weight")),
+        detached_similarity_(ctx.flag("reference_detached_similarity")) {
     const int64_t hidden = ctx.integer("hidden_dim"), out = ctx.integer("projection_dim");
     if (temperature_ <= 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "temperature must be positive");
     if (pair_weight_ < 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "adversarial_pair_weight must not be negative");
@@ -59,13 +64,12 @@ class Rocl : public cfamc::Objective {
     if (phase == CFAMC_PHASE_ATTACK) {
       // The instance-wise attack: push adv(v1) away from v2, the other view of the same image.
       const at::Tensor value =
-          cfamc::nt_xent(embed(encoder, {attacked ? adversarial["view1"] : clean["view1"], clean["view2"]}), 2,
-                         temperature_);
+          nt_xent(embed(encoder, {attacked ? adversarial["view1"] : clean["view1"], clean["view2"]}), 2);
       log.insert("nt_xent_attack", value.detach());
       return value;
     }
     if (!attacked) {  // clean training (no attack yet, or none configured): plain SimCLR on (v1, v2)
-      const at::Tensor value = cfamc::nt_xent(embed(encoder, {clean["view1"], clean["view2"]}), 2, temperature_);
+      const at::Tensor value = nt_xent(embed(encoder, {clean["view1"], clean["view2"]}), 2);
       log.insert("nt_xent", value.detach());
       return value;
     }
@@ -73,9 +77,10 @@ class Rocl : public cfamc::Objective {
     // BatchNorm statistics are those of the whole 3B batch and are updated once per step.
     const at::Tensor z = embed(encoder, {clean["view1"], clean["view2"], adversarial["view1"]});
     const int64_t batch = clean["view1"].size(0);
-    const at::Tensor three_views = cfamc::nt_xent(z, 3, temperature_);
+    // Summed over a row's two positives, as the reference's loss is: 2 x the averaged NT-Xent.
+    const at::Tensor three_views = 2 * nt_xent(z, 3);
     const at::Tensor adversarial_pair =
-        cfamc::nt_xent(torch::cat({z.slice(0, 2 * batch, 3 * batch), z.slice(0, batch, 2 * batch)}, 0), 2, temperature_);
+        nt_xent(torch::cat({z.slice(0, 2 * batch, 3 * batch), z.slice(0, batch, 2 * batch)}, 0), 2);
     log.insert("nt_xent", three_views.detach());
     log.insert("nt_xent_adv_v2", adversarial_pair.detach());
     return three_views + pair_weight_ * adversarial_pair;
@@ -88,9 +93,14 @@ class Rocl : public cfamc::Objective {
                                             torch::nn::functional::NormalizeFuncOptions().dim(1));
   }
 
+  at::Tensor nt_xent(const at::Tensor& z, int64_t views) const {
+    return cfamc::nt_xent(z, views, temperature_, detached_similarity_);
+  }
+
   std::string group_;
   double temperature_;
   double pair_weight_;
+  bool detached_similarity_;
   torch::nn::Sequential projector_{nullptr};
 };
 
