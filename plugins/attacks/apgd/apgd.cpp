@@ -4,6 +4,7 @@
 // against each of the top `target_classes` other classes of the clean prediction (APGD-T). With logits,
 // a sample keeps the first point that is misclassified; otherwise (an SSL oracle) its highest-loss point.
 #include <cfamc/plugin.hpp>
+#include <cfamc/random.hpp>
 
 #include <torch/torch.h>
 
@@ -51,7 +52,7 @@ class APGD : public cfamc::Attack {
         restarts_(ctx.integer("restarts")),
         target_classes_(ctx.integer("target_classes")),
         rho_(ctx.real("rho")),
-        generator_(ctx.generator()) {
+        rng_(register_module("rng", std::make_shared<cfamc::CheckpointedGenerator>(ctx.generator()))) {
     const std::string loss = ctx.text("loss");
     if (loss == "ce") loss_ = Loss::cross_entropy;
     else if (loss == "dlr") loss_ = Loss::dlr;
@@ -139,7 +140,7 @@ class APGD : public cfamc::Attack {
 
   // A random start on the sphere of the L-inf ball, as AutoAttack draws it.
   at::Tensor random_start(const at::Tensor& x) {
-    const at::Tensor t = (2 * torch::rand(x.sizes(), generator_) - 1).to(x.device());
+    const at::Tensor t = (2 * torch::rand(x.sizes(), *rng_->lease()) - 1).to(x.device());
     return (x + epsilon_ * t / expand(t.flatten(1).abs().amax(1), x)).clamp(0, 1);
   }
 
@@ -216,7 +217,7 @@ class APGD : public cfamc::Attack {
   int64_t steps_, restarts_, target_classes_;
   double rho_;
   Loss loss_ = Loss::cross_entropy;
-  at::Generator generator_;
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;  // checkpointed with the attack ("rng.state")
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 // target (the 2nd, 3rd, ... largest clean logits), each on the points not yet broken; a point is broken
 // when its perturbation's L-inf norm is at most epsilon, and only broken points come back changed.
 #include <cfamc/plugin.hpp>
+#include <cfamc/random.hpp>
 
 #include <torch/torch.h>
 
@@ -148,7 +149,7 @@ class FAB : public cfamc::Attack {
         alpha_max_(ctx.real("alpha_max")),
         eta_(ctx.real("eta")),
         beta_(ctx.real("beta")),
-        generator_(ctx.generator()) {
+        rng_(register_module("rng", std::make_shared<cfamc::CheckpointedGenerator>(ctx.generator()))) {
     const auto refuse = [](const std::string& why) { throw cfamc::Error(CFAMC_ERROR_OPTION, why); };
     if (epsilon_ < 0) refuse("epsilon must not be negative");
     if (iterations_ < 1) refuse("iterations must be positive");
@@ -214,7 +215,7 @@ class FAB : public cfamc::Attack {
   // The reference's random start: uniform noise scaled to L-inf norm min(best norm so far, epsilon) / 2. A
   // point still attacked has no success within epsilon, so in practice the radius is epsilon / 2.
   at::Tensor random_start(const at::Tensor& x, const at::Tensor& best_norm) {
-    const at::Tensor t = (2 * torch::rand(x.sizes(), generator_) - 1).to(x.options());
+    const at::Tensor t = (2 * torch::rand(x.sizes(), *rng_->lease()) - 1).to(x.options());
     const at::Tensor radius = best_norm.clamp_max(epsilon_) * 0.5;
     return (x + per_image(radius / linf_norm(t), x) * t).clamp(0, 1);
   }
@@ -259,7 +260,7 @@ class FAB : public cfamc::Attack {
   double epsilon_;
   int64_t iterations_, restarts_, targets_;
   double alpha_max_, eta_, beta_;
-  at::Generator generator_;
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;  // checkpointed with the attack ("rng.state")
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 // ball, then clamps to [0,1]; all named inputs are perturbed together against one loss. `pgd` may instead
 // start at x + sigma * N(0,1), as TRADES's inner maximisation does (Zhang et al. 2019: sigma 0.001).
 #include <cfamc/plugin.hpp>
+#include <cfamc/random.hpp>
 
 #include <torch/torch.h>
 
@@ -24,8 +25,8 @@ struct AscentSettings {
 // loss, each sample keeps the run that ended with its highest loss.
 class ProjectedAscent {
  public:
-  ProjectedAscent(AscentSettings settings, at::Generator generator)
-      : s_(settings), generator_(std::move(generator)) {
+  ProjectedAscent(AscentSettings settings, cfamc::CheckpointedGenerator& generator)
+      : s_(settings), rng_(generator) {
     if (s_.epsilon < 0 || s_.step_size < 0 || s_.steps < 0 || s_.restarts < 1 || s_.normal_start < 0) {
       throw cfamc::Error(CFAMC_ERROR_OPTION,
                          "epsilon, step_size, steps and normal_start must not be negative, restarts positive");
@@ -100,13 +101,14 @@ class ProjectedAscent {
     if (s_.normal_start > 0) return normal_delta(x);
     if (!s_.random_start || s_.epsilon == 0) return torch::zeros_like(x);
     at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
+    const auto generator = rng_.lease();
     if (s_.linf) {
-      delta.uniform_(-s_.epsilon, s_.epsilon, generator_);
+      delta.uniform_(-s_.epsilon, s_.epsilon, *generator);
     } else {
       // Uniform direction, radius epsilon * U^(1/d): uniform inside the L2 ball.
-      delta.normal_(0, 1, generator_);
+      delta.normal_(0, 1, *generator);
       const auto flat = delta.flatten(1);
-      const at::Tensor radius = s_.epsilon * torch::rand({x.size(0), 1}, generator_, flat.options()).pow(1.0 / flat.size(1));
+      const at::Tensor radius = s_.epsilon * torch::rand({x.size(0), 1}, *generator, flat.options()).pow(1.0 / flat.size(1));
       delta = (flat / flat.norm(2, 1, true).clamp_min(1e-12) * radius).view_as(x);
     }
     delta = delta.to(x.device());
@@ -118,7 +120,7 @@ class ProjectedAscent {
   // steps = 0.
   at::Tensor normal_delta(const at::Tensor& x) {
     at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
-    delta.normal_(0, s_.normal_start, generator_);
+    delta.normal_(0, s_.normal_start, *rng_.lease());
     delta = delta.to(x.device());
     if (s_.linf) {
       delta = delta.clamp(-s_.epsilon, s_.epsilon);
@@ -145,8 +147,13 @@ class ProjectedAscent {
   }
 
   AscentSettings s_;
-  at::Generator generator_;
+  cfamc::CheckpointedGenerator& rng_;  // the component's, checkpointed with it
 };
+
+// The attack's random stream, a submodule so that checkpoints keep it ("rng.state").
+std::shared_ptr<cfamc::CheckpointedGenerator> random_stream(cfamc::Attack& attack, const cfamc::Context& ctx) {
+  return attack.register_module("rng", std::make_shared<cfamc::CheckpointedGenerator>(ctx.generator()));
+}
 
 class PGD : public cfamc::Attack {
  public:
@@ -165,7 +172,7 @@ class PGD : public cfamc::Attack {
                       "random_start = false); 0: off"),
     };
   }
-  explicit PGD(const cfamc::Context& ctx) : Attack(ctx), engine_(settings(ctx), ctx.generator()) {}
+  explicit PGD(const cfamc::Context& ctx) : Attack(ctx), rng_(random_stream(*this, ctx)), engine_(settings(ctx), *rng_) {}
   cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
     return engine_.run(oracle, inputs);
   }
@@ -177,6 +184,7 @@ class PGD : public cfamc::Attack {
     return {ctx.real("epsilon"), ctx.real("step_size"), ctx.integer("steps"), ctx.integer("restarts"), norm == "linf",
             ctx.flag("random_start"), ctx.real("normal_start")};
   }
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;
   ProjectedAscent engine_;
 };
 
@@ -188,12 +196,15 @@ class FGSM : public cfamc::Attack {
     return {cfamc::option("epsilon", CFAMC_OPTION_FLOAT, "\"8/255\"", "step and radius, in pixel units")};
   }
   explicit FGSM(const cfamc::Context& ctx)
-      : Attack(ctx), engine_({ctx.real("epsilon"), ctx.real("epsilon"), 1, 1, true, false}, ctx.generator()) {}
+      : Attack(ctx),
+        rng_(random_stream(*this, ctx)),
+        engine_({ctx.real("epsilon"), ctx.real("epsilon"), 1, 1, true, false}, *rng_) {}
   cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
     return engine_.run(oracle, inputs);
   }
 
  private:
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;
   ProjectedAscent engine_;
 };
 
@@ -207,12 +218,14 @@ class FGSMRandomStart : public cfamc::Attack {
   }
   explicit FGSMRandomStart(const cfamc::Context& ctx)
       : Attack(ctx),
-        engine_({ctx.real("epsilon"), ctx.real("epsilon") * ctx.real("step_ratio"), 1, 1, true, true}, ctx.generator()) {}
+        rng_(random_stream(*this, ctx)),
+        engine_({ctx.real("epsilon"), ctx.real("epsilon") * ctx.real("step_ratio"), 1, 1, true, true}, *rng_) {}
   cfamc::TensorMap perturb(const cfamc::Oracle& oracle, const cfamc::TensorMap& inputs) override {
     return engine_.run(oracle, inputs);
   }
 
  private:
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;
   ProjectedAscent engine_;
 };
 

@@ -4,6 +4,7 @@
 // image to +-eps (one sign per channel) and keeps it only where the margin falls. An image stops being
 // queried once its margin is not positive (misclassified); an image misclassified clean comes back unchanged.
 #include <cfamc/plugin.hpp>
+#include <cfamc/random.hpp>
 
 #include <torch/torch.h>
 
@@ -55,7 +56,7 @@ class Square : public cfamc::Attack {
         queries_(ctx.integer("queries")),
         p_init_(ctx.real("p_init")),
         rescale_(ctx.flag("rescale_schedule")),
-        generator_(ctx.generator()) {
+        rng_(register_module("rng", std::make_shared<cfamc::CheckpointedGenerator>(ctx.generator()))) {
     if (epsilon_ < 0) throw cfamc::Error(CFAMC_ERROR_OPTION, "epsilon must not be negative");
     if (queries_ < 1) throw cfamc::Error(CFAMC_ERROR_OPTION, "queries must be positive");
     if (!(p_init_ > 0 && p_init_ <= 1)) throw cfamc::Error(CFAMC_ERROR_OPTION, "p_init must be in (0, 1]");
@@ -96,7 +97,7 @@ class Square : public cfamc::Attack {
 
   // +-1, one per entry of `shape`, from the component's generator.
   at::Tensor signs(at::IntArrayRef shape, const at::Tensor& like) {
-    return torch::randint(0, 2, shape, generator_, torch::kFloat).mul_(2).sub_(1).to(like.options());
+    return torch::randint(0, 2, shape, *rng_->lease(), torch::kFloat).mul_(2).sub_(1).to(like.options());
   }
 
   at::Tensor attack(const cfamc::Oracle& oracle, const std::string& key, const at::Tensor& x, const at::Tensor& labels) {
@@ -129,8 +130,9 @@ class Square : public cfamc::Attack {
 
   // [m, 1, H, W]: true inside one side-by-side square per image, at a uniformly random position.
   at::Tensor square_masks(int64_t m, int64_t h, int64_t w, int64_t side, const at::Tensor& like) {
-    const at::Tensor top = torch::randint(0, h - side + 1, {m, 1, 1, 1}, generator_, torch::kLong);
-    const at::Tensor left = torch::randint(0, w - side + 1, {m, 1, 1, 1}, generator_, torch::kLong);
+    const auto generator = rng_->lease();
+    const at::Tensor top = torch::randint(0, h - side + 1, {m, 1, 1, 1}, *generator, torch::kLong);
+    const at::Tensor left = torch::randint(0, w - side + 1, {m, 1, 1, 1}, *generator, torch::kLong);
     const at::Tensor rows = torch::arange(h, torch::kLong).view({1, 1, h, 1});
     const at::Tensor cols = torch::arange(w, torch::kLong).view({1, 1, 1, w});
     const at::Tensor inside = rows.ge(top) & rows.lt(top + side) & cols.ge(left) & cols.lt(left + side);
@@ -141,7 +143,7 @@ class Square : public cfamc::Attack {
   int64_t queries_;
   double p_init_;
   bool rescale_;
-  at::Generator generator_;
+  std::shared_ptr<cfamc::CheckpointedGenerator> rng_;  // checkpointed with the attack ("rng.state")
 };
 
 }  // namespace
