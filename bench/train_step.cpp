@@ -1,36 +1,45 @@
-// Benchmark of one training step as cfamc-host runs it: on-device multi-crop augmentation, the attack
-// (none, PGD against the objective's loss, or free training's replays), forward and backward through a
-// backbone plugin and an objective plugin, and the optimiser step. Prints crops/s and the split of the
-// step time between the phases (each phase is synchronised on the GPU, so the split is exact and the
-// total slightly pessimistic). A "step" is one minibatch: with free training, its m replays.
+// Benchmark of one training step of a run file, exactly as cfamc-host runs it: the run's view groups
+// augmented on the device, the objective's `prepare`, the [attack] (with its replays: free training's m),
+// forward and backward through the backbone and objective plugins, and the [train] optimiser. Prints
+// images/s, views/s and the split of the step time between the phases (each phase ends synchronised on the
+// GPU, so the split is exact and the total slightly pessimistic). A "step" is one minibatch with all its
+// replays.
 //
-//   build/bin/bench_train_step [--device cuda] [--backbone resnet18] [--objective emp_ssl] [--batch 100]
-//                              [--crops 16] [--size 32] [--steps 20] [--warmup 3]
-//                              [--attack none|pgd|free] [--attack-steps 5] [--replays 3]
+//   build/bin/bench_train_step --config RUN.toml [--set key=value]... [--unset key]... [--steps 20] [--warmup 3]
+//
+// The images are synthetic uint8 images of the run's dataset shape, held on the device (no dataset is read),
+// and the learning rate stays at [train] lr (a schedule changes no cost). The [attack] runs from the first
+// step whatever its from_epoch: `--unset attack` times clean training. An objective with a `pseudo_labels`
+// option (AdvCL) gets random labels for the synthetic images, one set for each K of its `k` option.
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <map>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 
 #include "augment/views.hpp"
-#include "config/options.hpp"
-#include "plugins/components.hpp"
+#include "data/dataset_names.hpp"
+#include "files.hpp"
+#include "run/assembly.hpp"
+#include "run/resolved_run.hpp"
 #include "train/train_step.hpp"
 
 using namespace cfamc::host;
+namespace fs = std::filesystem;
 
 namespace {
 
 struct Settings {
-  std::string device = "cpu", backbone = "resnet18", objective = "emp_ssl", plugins;
-  int64_t batch = 100, crops = 16, size = 32, steps = 20, warmup = 3;
-  std::string attack = "none";
-  int64_t attack_steps = 5, replays = 3;
+  std::string config;
+  std::vector<std::string> overrides, removals;
+  int64_t steps = 20, warmup = 3;
 };
 
 void synchronise(const std::string& device) {
@@ -41,103 +50,121 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-template <class K>
-std::unique_ptr<K> make(const Registry& registry, cfamc_kind kind, const std::string& name, const std::string& options,
-                        const std::string& device, int64_t feature_dim) {
-  const ComponentInfo& info = registry.find(kind, name);
-  return instantiate<K>(registry, info,
-                        ComponentSetup{name, resolve_options(toml::parse(options), info.options, name, "bench"), 0,
-                                       device, feature_dim});
-}
-
-// The components of the benchmarked step, made as a run file would make them.
-struct Bench {
-  std::unique_ptr<Backbone> backbone;
-  std::unique_ptr<Objective> objective;
-  std::unique_ptr<Attack> attack;
-  std::unique_ptr<Optimizer> optimizer;
+// A folder of this process's own for what the bench writes, removed however the bench ends.
+struct ScratchFolder {
+  fs::path path = fs::temp_directory_path() / ("cfamc-bench-" + std::to_string(::getpid()));
+  ScratchFolder() { fs::create_directories(path); }
+  ~ScratchFolder() { remove_tree(path); }
 };
 
-Bench assemble(const Settings& s) {
-  const Registry registry = Registry::discover(
-      s.plugins.empty() ? plugin_search_path({}) : std::vector<std::filesystem::path>{s.plugins}, host_api());
-  Bench b;
-  b.backbone = make<Backbone>(registry, CFAMC_KIND_BACKBONE, s.backbone, "", s.device, 0);
-  const std::string objective_options =
-      s.objective == "emp_ssl" ? "num_crops = " + std::to_string(s.crops) : "num_views = " + std::to_string(s.crops);
-  b.objective =
-      make<Objective>(registry, CFAMC_KIND_OBJECTIVE, s.objective, objective_options, s.device, b.backbone->feature_dim());
-  if (s.attack == "pgd") {
-    b.attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "pgd",
-                            "steps = " + std::to_string(s.attack_steps) + "\nstep_size = 0.01\nrandom_start = false",
-                            s.device, 0);
-  } else if (s.attack == "free") {
-    b.attack = make<Attack>(registry, CFAMC_KIND_ATTACK, "free", "replays = " + std::to_string(s.replays), s.device, 0);
-  }
-  TensorMap parameters;
-  for (const Component* c : {static_cast<const Component*>(b.backbone.get()), static_cast<const Component*>(b.objective.get())})
-    for (const auto& item : c->tensors(CFAMC_ROLE_PARAMETER)) parameters.insert(item.key(), item.value());
-  b.optimizer = std::make_unique<Optimizer>(train_defaults().optimizer, parameters);  // EMP-SSL's: LARS around Nesterov SGD
-  return b;
-}
+int64_t dataset_size(const RunConfig& config) { return std::max<int64_t>(config.train.batch_size * 4, 1000); }
 
-ViewRecipe crop_recipe(const Settings& s, const Objective& objective) {
-  ViewRecipe recipe = view_recipe_defaults(objective.view_groups().front());  // EMP-SSL's crop recipe
-  recipe.count = s.crops;
-  recipe.size = s.size;
-  recipe.blur = 0.1;
-  recipe.solarize = 0.1;
-  return recipe;
-}
-
-// Seconds per phase over the timed steps. Each phase ends synchronised, so the split is exact and the total
-// slightly pessimistic.
-std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
-  // The run's training step itself, with the [attack] host keys at their defaults.
-  TrainStep step(*b.backbone, *b.objective, *b.optimizer, training_attack_defaults(), [](int64_t) { return 0.3; });
-  const ViewRecipe recipe = crop_recipe(s, *b.objective);
+// Random pseudo-labels for the synthetic images, in the kmeans evaluator's artifact format, when the objective
+// reads such a file; the run file then points at it. Returns the --set that does so, or "" when not needed.
+std::string synthetic_pseudo_labels(const RunConfig& config, const fs::path& file) {
+  const toml::table& options = config.find(Role::objective)->options;
+  if (!options.contains("pseudo_labels") || !options["k"].as_array()) return "";
+  const int64_t n = dataset_size(config);
+  c10::Dict<std::string, at::Tensor> labels;
   at::Generator generator = at::detail::createCPUGenerator(0);
-  const at::Tensor dataset = torch::randint(0, 256, {std::max<int64_t>(s.batch * 4, 1000), 3, 32, 32},
-                                            torch::TensorOptions().dtype(torch::kUInt8).device(s.device));
-  b.backbone->set_training(true);
-  b.objective->set_training(true);
+  options["k"].as_array()->for_each([&](const toml::node& k) {
+    const int64_t clusters = k.value<int64_t>().value_or(2);
+    labels.insert("k" + std::to_string(clusters), torch::randint(clusters, {n}, generator, torch::kLong));
+  });
+  labels.insert("num_samples", torch::tensor(n, torch::kLong));
+  const std::vector<char> bytes = torch::pickle_save(labels);
+  write_file_atomically(file, std::string(bytes.begin(), bytes.end()));
+  return "objective.pseudo_labels=\"" + file.string() + "\"";
+}
+
+// The run file resolved, and resolved again pointing at synthetic pseudo-labels when its objective needs them.
+ResolvedRun resolve(Settings& s, const fs::path& scratch) {
+  ResolvedRun run = resolve_run(s.config, s.overrides, s.removals);
+  const std::string pseudo_labels = synthetic_pseudo_labels(run.config, scratch / "pseudo_labels.pt");
+  if (pseudo_labels.empty()) return run;
+  s.overrides.push_back(pseudo_labels);
+  return resolve_run(s.config, s.overrides, s.removals);
+}
+
+// What one step works on, made as the run makes it.
+struct Bench {
+  ResolvedRun run;
+  std::string device;
+  Assembly assembly;
+  std::vector<const ViewRecipe*> groups;
+  at::Tensor images;  // uint8 [N, C, H, W] on the device
+};
+
+Bench assemble_bench(ResolvedRun run) {
+  const RunConfig& config = run.config;
+  const std::string device = resolve_device(config.device, config.file);
+  Assembly assembly = assemble(config, run.registry, device);
+  std::vector<const ViewRecipe*> groups = view_groups_of(config, *assembly.objective);
+  ImageShape shape = image_shape(config.data.dataset);
+  if (config.data.channels == "rgb") shape.channels = 3;
+  const at::Tensor images = torch::randint(0, 256, {dataset_size(config), shape.channels, shape.height, shape.width},
+                                           torch::TensorOptions().dtype(torch::kUInt8).device(device));
+  return Bench{std::move(run), device, std::move(assembly), std::move(groups), images};
+}
+
+// Seconds per phase over the timed steps.
+std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
+  const RunConfig& config = b.run.config;
+  const int64_t batch = config.train.batch_size;
+  Optimizer optimizer(config.train.optimizer, b.assembly.trainable());
+  TrainStep step(*b.assembly.backbone, *b.assembly.objective, optimizer, config.training_attack(),
+                 [lr = config.train.lr](int64_t) { return lr; });
+  at::Generator augment = at::detail::createCPUGenerator(0);
+  b.assembly.backbone->set_training(true);
+  b.assembly.objective->set_training(true);
   std::map<std::string, double> time;
   bool timed = false;
   auto mark = std::chrono::steady_clock::now();
   const auto phase_done = [&](const char* phase) {
-    synchronise(s.device);
+    synchronise(b.device);
     if (timed) time[phase] += seconds_since(mark);
     mark = std::chrono::steady_clock::now();
   };
   step.set_phase_observer([&](StepPhase phase) {
     phase_done(phase == StepPhase::attack ? "attack" : phase == StepPhase::forward_backward ? "forward_backward" : "optimizer");
   });
+  const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(b.device);
   for (int64_t i = 0; i < s.warmup + s.steps; ++i) {
     timed = i >= s.warmup;
-    synchronise(s.device);
+    synchronise(b.device);
     mark = std::chrono::steady_clock::now();
-    const at::Tensor images = dataset.slice(0, (i * s.batch) % (dataset.size(0) - s.batch)).slice(0, 0, s.batch);
+    const int64_t first = (i * batch) % (b.images.size(0) - batch + 1);
+    const at::Tensor indices = torch::arange(first, first + batch, index_options);
+    const at::Tensor images = b.images.slice(0, first, first + batch);
     TensorMap views;
-    views.insert(recipe.name, make_views(recipe, images, generator));
-    const TensorMap inputs = b.objective->prepare(views, torch::arange(s.batch, torch::TensorOptions().device(s.device)));
+    for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, images, augment));
+    const TensorMap inputs = b.assembly.objective->prepare(views, indices);
     phase_done("augmentation");
-    step.run(inputs, b.attack.get());
+    step.run(inputs, b.assembly.attack.get());
   }
   if (step.diverged()) throw std::runtime_error("the loss became NaN or infinite");
   return time;
 }
 
-void report(const Settings& s, int32_t replays, std::map<std::string, double> time) {
+void report(const Settings& s, const Bench& b, std::map<std::string, double> time) {
+  const RunConfig& config = b.run.config;
   const double total = time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
-  const std::string attack = s.attack == "pgd"    ? s.attack + "-" + std::to_string(s.attack_steps)
-                             : s.attack == "free" ? s.attack + " m=" + std::to_string(replays)
-                                                  : s.attack;
-  std::printf("device %s, %s + %s, attack %s, batch %lld x %lld crops of %lldx%lld, %lld timed steps\n",
-              s.device.c_str(), s.backbone.c_str(), s.objective.c_str(), attack.c_str(),
-              static_cast<long long>(s.batch), static_cast<long long>(s.crops), static_cast<long long>(s.size),
-              static_cast<long long>(s.size), static_cast<long long>(s.steps));
-  std::printf("step %.4f s  |  %.1f crops/s  %.1f images/s\n", total / s.steps,
-              static_cast<double>(s.steps * s.batch * s.crops) / total, static_cast<double>(s.steps * s.batch) / total);
+  int64_t views = 0;
+  std::string groups;
+  for (const ViewRecipe* recipe : b.groups) {
+    views += recipe->count;
+    groups += (groups.empty() ? "" : " + ") + std::to_string(recipe->count) + " x " + std::to_string(recipe->size) +
+              "px (" + recipe->name + ")";
+  }
+  const Attack* attack = b.assembly.attack.get();
+  const std::string attacked = attack ? attack->info().name + " (" + std::to_string(attack->replays()) + " replay(s))"
+                                      : std::string("none");
+  std::printf("%s on %s: %s + %s, attack %s, batch %lld images x %s, %lld timed steps\n", config.file.c_str(),
+              b.device.c_str(), b.assembly.backbone->info().name.c_str(), b.assembly.objective->info().name.c_str(),
+              attacked.c_str(), static_cast<long long>(config.train.batch_size), groups.c_str(),
+              static_cast<long long>(s.steps));
+  const double images = static_cast<double>(s.steps * config.train.batch_size);
+  std::printf("step %.4f s  |  %.1f images/s  %.1f views/s\n", total / s.steps, images / total, images * views / total);
   for (const char* phase : {"augmentation", "attack", "forward_backward", "optimizer"}) {
     std::printf("  %-17s %.4f s  %5.1f%%\n", phase, time[phase] / s.steps, 100.0 * time[phase] / total);
   }
@@ -147,24 +174,17 @@ void report(const Settings& s, int32_t replays, std::map<std::string, double> ti
 
 int main(int argc, char** argv) {
   Settings s;
-  CLI::App app{"one cfamc training step: augmentation, forward+backward, optimiser"};
-  app.add_option("--device", s.device, "cpu, cuda, cuda:N");
-  app.add_option("--backbone", s.backbone, "backbone plugin");
-  app.add_option("--objective", s.objective, "objective plugin (emp_ssl or simclr)");
-  app.add_option("--batch", s.batch, "images per step");
-  app.add_option("--crops", s.crops, "views per image");
-  app.add_option("--size", s.size, "view side length");
-  app.add_option("--steps", s.steps, "timed steps");
-  app.add_option("--warmup", s.warmup, "untimed steps first");
-  app.add_option("--plugins", s.plugins, "plugin directory (default: next to this program)");
-  app.add_option("--attack", s.attack, "none, pgd (robust EMP-SSL: zero start, step 0.01) or free")
-      ->check(CLI::IsMember({"none", "pgd", "free"}));
-  app.add_option("--attack-steps", s.attack_steps, "PGD steps");
-  app.add_option("--replays", s.replays, "free training's replays per minibatch (m)");
+  CLI::App app{"one cfamc training step of a run file: augmentation, attack, forward+backward, optimiser"};
+  app.add_option("-c,--config", s.config, "the run file (TOML)")->required();
+  app.add_option("--set", s.overrides, "override a run-file key, as cfamc-host --set (repeatable)");
+  app.add_option("--unset", s.removals, "remove a run-file key or table, as cfamc-host --unset (repeatable)");
+  app.add_option("--steps", s.steps, "timed steps")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", s.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   try {
-    Bench bench = assemble(s);
-    report(s, bench.attack ? bench.attack->replays() : 1, time_steps(s, bench));
+    const ScratchFolder scratch;
+    Bench bench = assemble_bench(resolve(s, scratch.path));
+    report(s, bench, time_steps(s, bench));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

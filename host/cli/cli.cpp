@@ -20,6 +20,7 @@
 #include "run/model_export.hpp"
 #include "run/model_file.hpp"
 #include "run/interruption.hpp"
+#include "run/resolved_run.hpp"
 #include "run/resume_changes.hpp"
 #include "run/run_dir.hpp"
 #include "run/trainer.hpp"
@@ -60,37 +61,9 @@ std::string version_text() {
   return out.str();
 }
 
-// "auto" -> the GPU when there is one; an explicit CUDA device that is not there is the user's error.
-std::string resolve_device(const std::string& requested, const std::string& file) {
-  if (requested == "auto") return at::hasCUDA() ? "cuda:0" : "cpu";
-  c10::Device device(c10::kCPU);
-  try {
-    device = c10::Device(requested);
-  } catch (const c10::Error&) {
-    fail(ExitCode::usage, file + ": run.device: '" + requested + "' is not a device (auto, cpu, cuda, cuda:N)");
-  }
-  if (device.is_cuda() && !at::hasCUDA()) {
-    fail(ExitCode::usage, file + ": run.device = \"" + requested + "\" but this machine has no CUDA device");
-  }
-  return device.str();
-}
-
-struct Resolved {
-  RunConfig config;
-  Registry registry;
-};
-
-Resolved resolve(const Options& options) {
-  const RunFile run_file = load_run_file(options.config, options.overrides, options.removals);
-  RunConfig config = resolve_host_sections(run_file);
-  Registry registry = Registry::discover(plugin_search_path(config.plugin_paths), host_api());
-  resolve_components(config, run_file, registry);
-  return Resolved{std::move(config), std::move(registry)};
-}
-
 // Creates every component once, so that a plugin that rejects an option value says so now.
 int validate(const Options& options) {
-  Resolved r = resolve(options);
+  ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
   const std::string device = resolve_device(r.config.device, r.config.file);
   const Assembly assembly = assemble(r.config, r.registry, "cpu");
   view_groups_of(r.config, *assembly.objective);
@@ -101,7 +74,7 @@ int validate(const Options& options) {
 }
 
 int run(const Options& options) {
-  Resolved r = resolve(options);
+  ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
   const std::string device = resolve_device(r.config.device, r.config.file);
   const RunDirectory dir(r.config.dir);
   const toml::table resolved = r.config.resolved();
@@ -116,7 +89,7 @@ int run(const Options& options) {
 }
 
 int evaluate(const Options& options) {
-  Resolved r = resolve(options);
+  ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
   const std::string device = resolve_device(r.config.device, r.config.file);
   const RunDirectory dir(r.config.dir);
   std::optional<std::filesystem::path> checkpoint;

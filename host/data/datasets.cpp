@@ -219,9 +219,10 @@ std::vector<uint8_t> read_records(const fs::path& file, uint64_t record, uint64_
 
 // CIFAR binary: records of `label_bytes` label bytes (the last is the class) and 3x32x32 pixels.
 ImageSet load_cifar(const std::vector<fs::path>& files, int64_t label_bytes, int64_t classes) {
-  constexpr int64_t kPixels = 3 * 32 * 32;
+  const ImageShape shape = image_shape("cifar10");
+  const int64_t pixels = shape.pixels();
   constexpr uint64_t kMaxRecords = 60000;  // the whole of CIFAR-10 or CIFAR-100
-  const int64_t record = label_bytes + kPixels;
+  const int64_t record = label_bytes + pixels;
   std::vector<at::Tensor> images, labels;
   for (const auto& file : files) {
     std::vector<uint8_t> bytes =
@@ -230,7 +231,7 @@ ImageSet load_cifar(const std::vector<fs::path>& files, int64_t label_bytes, int
     const at::Tensor records = at::from_blob(bytes.data(), {n, record}, at::kByte).clone();
     const at::Tensor label = records.select(1, label_bytes - 1).to(at::kLong);
     check_labels(label, 0, classes, file.string());
-    images.push_back(records.slice(1, label_bytes).view({n, 3, 32, 32}));
+    images.push_back(records.slice(1, label_bytes).view({n, shape.channels, shape.height, shape.width}));
     labels.push_back(label);
   }
   return ImageSet{at::cat(images), at::cat(labels)};
@@ -238,14 +239,17 @@ ImageSet load_cifar(const std::vector<fs::path>& files, int64_t label_bytes, int
 
 // STL-10 binary: uint8 images of 3x96x96 stored column-major per channel, labels 1..10 as bytes.
 ImageSet load_stl10(const fs::path& root, const std::string& split) {
-  constexpr int64_t kPixels = 3 * 96 * 96;
+  const ImageShape shape = image_shape("stl10");
+  const int64_t pixels = shape.pixels();
   constexpr uint64_t kMaxImages = 100000;  // the unlabeled split, the largest
   const fs::path x_file = root / (split + "_X.bin");
   const std::vector<uint8_t> x = read_records(
-      x_file, kPixels, kMaxImages, "expected whole 3x96x96 images (" + std::to_string(kPixels) + " bytes each)");
-  const int64_t n = static_cast<int64_t>(x.size()) / kPixels;
+      x_file, pixels, kMaxImages, "expected whole 3x96x96 images (" + std::to_string(pixels) + " bytes each)");
+  const int64_t n = static_cast<int64_t>(x.size()) / pixels;
   ImageSet set;
-  set.images = at::from_blob(const_cast<uint8_t*>(x.data()), {n, 3, 96, 96}, at::kByte).transpose(2, 3).contiguous();
+  set.images = at::from_blob(const_cast<uint8_t*>(x.data()), {n, shape.channels, shape.width, shape.height}, at::kByte)
+                   .transpose(2, 3)
+                   .contiguous();  // column-major on disk
   if (split == "unlabeled") {
     set.labels = at::full({n}, -1, at::kLong);
     return set;

@@ -9,9 +9,10 @@ namespace {
 
 template <class K>
 std::unique_ptr<K> make(const ComponentConfig& c, const RunConfig& config, const Registry& registry,
-                        const std::string& device, int64_t feature_dim) {
+                        const std::string& device, int64_t feature_dim, StageLayout stages = {}) {
   return instantiate<K>(registry, *c.info,
-                        ComponentSetup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim});
+                        ComponentSetup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim,
+                                       std::move(stages)});
 }
 
 bool in_pass(const ComponentConfig& evaluator, EvaluationPass pass) {
@@ -57,7 +58,8 @@ Assembly assemble(const RunConfig& config, const Registry& registry, const std::
   Assembly a;
   a.backbone = make<Backbone>(*config.find(Role::backbone), config, registry, device, 0);
   const int64_t feature_dim = a.backbone->feature_dim();
-  a.objective = make<Objective>(*config.find(Role::objective), config, registry, device, feature_dim);
+  a.objective =
+      make<Objective>(*config.find(Role::objective), config, registry, device, feature_dim, a.backbone->stages());
   if (const ComponentConfig* attack = config.find(Role::training_attack)) {
     a.attack = make<Attack>(*attack, config, registry, device, feature_dim);
   }
@@ -109,6 +111,13 @@ std::vector<EvalAttack> Evaluation::attacks_for(const ComponentConfig& evaluator
     }
     out.push_back(std::move(entry));
   }
+  return out;
+}
+
+TensorMap Assembly::trainable() const {
+  TensorMap out;
+  for (const auto& item : backbone->tensors(CFAMC_ROLE_PARAMETER)) out.insert("backbone/" + item.key(), item.value());
+  for (const auto& item : objective->tensors(CFAMC_ROLE_PARAMETER)) out.insert("objective/" + item.key(), item.value());
   return out;
 }
 

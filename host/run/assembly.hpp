@@ -44,6 +44,9 @@ struct Assembly {
   std::vector<std::pair<std::string, std::unique_ptr<Attack>>> named_attacks;  // for [[attack_schedule]]
   Evaluation evaluation;                                               // of the trained encoder
 
+  // What the optimiser updates: the backbone's and the objective's parameters, as "backbone/<name>" and
+  // "objective/<name>" (the names checkpoints keep the optimiser state under).
+  TensorMap trainable() const;
   // Every component whose tensors a checkpoint keeps, with the run-file place that names them.
   std::vector<std::pair<const ComponentConfig*, Component*>> checkpointed(const RunConfig& config) const;
   const Attack* named_attack(const std::string& id) const;

@@ -39,13 +39,6 @@ namespace {
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-TensorMap trainable(const Assembly& a) {
-  TensorMap out;
-  for (const auto& item : a.backbone->tensors(CFAMC_ROLE_PARAMETER)) out.insert("backbone/" + item.key(), item.value());
-  for (const auto& item : a.objective->tensors(CFAMC_ROLE_PARAMETER)) out.insert("objective/" + item.key(), item.value());
-  return out;
-}
-
 void append_line(const fs::path& file, const json& line) {
   std::ofstream out(file, std::ios::app);
   out << line.dump() << "\n";
@@ -123,7 +116,7 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       sampler_(data_.train.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
       steps_per_epoch_(sampler_.steps_per_epoch()),
       total_(total_steps(train_, steps_per_epoch_)),
-      optimizer_(train_.optimizer, trainable(assembly_)),
+      optimizer_(train_.optimizer, assembly_.trainable()),
       augment_(at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"))),
       state_(config, assembly_, optimizer_, augment_),
       step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_,

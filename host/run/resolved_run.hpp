@@ -1,0 +1,29 @@
+// A run file made ready to run: its host sections and every component's options resolved against the
+// plugins found, and the device it names made concrete. Shared by cfamc-host and the benchmarks, so that a
+// benchmark runs exactly what a run file describes.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "plugins/registry.hpp"
+#include "run/run_config.hpp"
+
+namespace cfamc::host {
+
+struct ResolvedRun {
+  RunConfig config;
+  Registry registry;
+};
+
+// The run file at `path` with the command line's --unset `removals` and --set `overrides` applied, resolved.
+// Failure(usage) naming the file and key on any bad input.
+ResolvedRun resolve_run(const std::filesystem::path& path, const std::vector<std::string>& overrides,
+                        const std::vector<std::string>& removals);
+
+// "auto" -> the GPU when there is one; an explicit CUDA device that is not there is the user's error
+// (Failure(usage) naming `file`).
+std::string resolve_device(const std::string& requested, const std::string& file);
+
+}  // namespace cfamc::host
