@@ -143,10 +143,6 @@ TrainingAttackConfig training_attack_config_from(const toml::table& resolved, co
   return out;
 }
 
-TrainingAttackConfig training_attack_defaults() {
-  return training_attack_config_from(resolve_options({}, training_attack_schema(), "attack", "(defaults)"), "(defaults)");
-}
-
 TrainConfig train_defaults() { return train_config_from(resolve_options({}, train_schema(), "train", "(defaults)")); }
 
 void set_steps_per_epoch(TrainConfig& c, int64_t steps_per_epoch) {

@@ -63,8 +63,6 @@ TrainConfig train_defaults();
 
 Schema training_attack_schema();
 TrainingAttackConfig training_attack_config_from(const toml::table& resolved, const std::string& file);
-// [attack]'s host keys at their declared defaults.
-TrainingAttackConfig training_attack_defaults();
 
 // The most optimiser steps (minibatches) a run, its warm-up or a milestone may span: 2^32, beyond any real
 // run, and small enough that steps x replays (an int32) always fits in int64, so the update count of free
