@@ -87,11 +87,12 @@ at::Tensor shifted_by_plugin(Attack& attack, const at::Tensor& x) {
 
 }  // namespace
 
-TEST_CASE("the host API is ABI 1.2 and its table reaches the appended functions", "[abi][dlpack]") {
+TEST_CASE("the host API is ABI 1.3 and its table reaches the appended functions", "[abi][dlpack]") {
   CHECK(api().abi_major == 1);
-  CHECK(api().abi_minor == 2);
+  CHECK(api().abi_minor == 3);
   CHECK(CFAMC_HOST_HAS(&api(), tensor_zeros));
   CHECK(CFAMC_HOST_HAS(&api(), tensor_copy));
+  CHECK(CFAMC_HOST_HAS(&api(), stage_channels));
   // A 1.0 host's table ends after tensor_from_dlpack: the check says no without reading beyond it.
   cfamc_host_api old = api();
   old.struct_size = offsetof(cfamc_host_api, tensor_zeros);

@@ -53,6 +53,7 @@ Component::Component(std::shared_ptr<const PluginLibrary> library, const Compone
   context_->seed = setup.seed;
   context_->device = setup.device;
   context_->feature_dim = setup.feature_dim;
+  context_->stages = std::move(setup.stages);
   check(table<cfamc_component_vtable>().create(context_.get(), &self_));
   if (self_ == nullptr) fail(ExitCode::plugin, who_ + ": create returned no object");
 }
@@ -126,17 +127,95 @@ TensorMap Backbone::export_tensors(int32_t branch) const {
   return visit.out;
 }
 
+bool Backbone::offers_stages() const {
+  const auto& t = table<cfamc_backbone_vtable>();
+  return reaches(offsetof(cfamc_backbone_vtable, forward_stages)) && t.num_stages && t.num_stage_copies &&
+         t.stage_channels && t.forward_stages && t.num_stages(self()) > 0;
+}
+
+StageLayout Backbone::stages() const {
+  StageLayout layout;
+  if (!offers_stages()) return layout;
+  const auto& t = table<cfamc_backbone_vtable>();
+  layout.count = t.num_stages(self());
+  layout.copies = t.num_stage_copies(self());
+  if (layout.copies < 1) fail(ExitCode::plugin, who() + ": num_stage_copies is " + std::to_string(layout.copies) + ", not at least 1");
+  for (int32_t stage = 0; stage <= layout.count; ++stage) layout.channels.push_back(t.stage_channels(self(), stage));
+  return layout;
+}
+
+namespace {
+std::string stage_name(int32_t stage) {
+  return stage == CFAMC_STAGE_FEATURE ? "the feature" : "stage " + std::to_string(stage);
+}
+}  // namespace
+
+cfamc_error* Backbone::refuse_stages(int32_t branch, int32_t from, int32_t to, int32_t copy) const {
+  if (!offers_stages()) {
+    const bool older = !reaches(offsetof(cfamc_backbone_vtable, forward_stages));
+    return make_error(CFAMC_ERROR_UNSUPPORTED,
+                      who() + " offers no stages" +
+                          (older ? " (it was built against plugin ABI " + std::to_string(library().abi_major()) + "." +
+                                       std::to_string(library().abi_minor()) + "; stages came in 1.3)"
+                                 : "") +
+                          ", which this objective needs to run the backbone by stages: use a backbone that offers "
+                          "them, such as resnet18 or resnet50v2");
+  }
+  const auto& t = table<cfamc_backbone_vtable>();
+  const int32_t count = t.num_stages(self()), copies = t.num_stage_copies(self());
+  std::string problem;
+  if (branch < 0 || branch >= num_branches()) {
+    problem = "branch " + std::to_string(branch) + " of a backbone with " + std::to_string(num_branches()) + " BatchNorm sets";
+  } else if (from < 0 || from > count || (to != CFAMC_STAGE_FEATURE && (to <= from || to > count))) {
+    problem = "from " + stage_name(from) + " to " + stage_name(to) + " of a backbone with stages 0.." +
+              std::to_string(count) + " (the end must come after the start)";
+  } else if (copy < 0 || copy >= copies) {
+    problem = "copy " + std::to_string(copy) + " of the last stage, of which the backbone has " + std::to_string(copies);
+  }
+  return problem.empty() ? nullptr : make_error(CFAMC_ERROR_INVALID_ARGUMENT, who() + ": " + problem);
+}
+
+at::Tensor Backbone::forward_stages(const at::Tensor& x, int32_t from, int32_t to, int32_t copy, int32_t branch) const {
+  if (cfamc_error* refused = refuse_stages(branch, from, to, copy)) {
+    const std::string message = refused->message;
+    delete refused;
+    fail(ExitCode::plugin, message);
+  }
+  cfamc_tensor input{x};
+  cfamc_tensor* out = nullptr;
+  check(table<cfamc_backbone_vtable>().forward_stages(self(), &input, branch, from, to, copy, &out));
+  if (out == nullptr) fail(ExitCode::plugin, who() + ": forward_stages returned no tensor");
+  return adopt(out);
+}
+
 cfamc_encoder Backbone::encoder() const {
-  return cfamc_encoder{sizeof(cfamc_encoder), const_cast<Backbone*>(this), feature_dim(), num_branches(),
-                       [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) -> cfamc_error* {
-                         auto* backbone = static_cast<Backbone*>(self);
-                         if (branch < 0 || branch >= backbone->num_branches()) {
-                           return make_error(CFAMC_ERROR_INVALID_ARGUMENT,
-                                             "encoder: branch " + std::to_string(branch) + " of a backbone with " +
-                                                 std::to_string(backbone->num_branches()) + " BatchNorm sets");
-                         }
-                         return backbone->table<cfamc_backbone_vtable>().forward(backbone->self(), x, branch, out);
-                       }};
+  const StageLayout layout = stages();
+  cfamc_encoder encoder{sizeof(cfamc_encoder), const_cast<Backbone*>(this), feature_dim(), num_branches(),
+                        [](void* self, const cfamc_tensor* x, int32_t branch, cfamc_tensor** out) -> cfamc_error* {
+                          auto* backbone = static_cast<Backbone*>(self);
+                          if (branch < 0 || branch >= backbone->num_branches()) {
+                            return make_error(CFAMC_ERROR_INVALID_ARGUMENT,
+                                              "encoder: branch " + std::to_string(branch) + " of a backbone with " +
+                                                  std::to_string(backbone->num_branches()) + " BatchNorm sets");
+                          }
+                          return backbone->table<cfamc_backbone_vtable>().forward(backbone->self(), x, branch, out);
+                        }};
+  encoder.num_stages = layout.count;
+  encoder.num_stage_copies = layout.copies;
+  encoder.stage_channels = [](void* self, int32_t stage) -> int64_t {
+    auto* backbone = static_cast<Backbone*>(self);
+    if (!backbone->offers_stages()) return 0;
+    if (stage == CFAMC_STAGE_FEATURE) return backbone->feature_dim();
+    const int32_t count = backbone->table<cfamc_backbone_vtable>().num_stages(backbone->self());
+    return stage < 0 || stage > count ? 0 : backbone->table<cfamc_backbone_vtable>().stage_channels(backbone->self(), stage);
+  };
+  encoder.encode_stages = [](void* self, const cfamc_tensor* x, int32_t branch, int32_t from, int32_t to, int32_t copy,
+                             cfamc_tensor** out) -> cfamc_error* {
+    auto* backbone = static_cast<Backbone*>(self);
+    if (cfamc_error* refused = backbone->refuse_stages(branch, from, to, copy)) return refused;
+    return backbone->table<cfamc_backbone_vtable>().forward_stages(backbone->self(), x, branch, from, to, copy, out);
+  };
+  return encoder;
 }
 
 // ---- Objective -----------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ struct ComponentSetup {
   uint64_t seed = 0;
   std::string device = "cpu";
   int64_t feature_dim = 0;  // the backbone's, for components that build heads on it
+  StageLayout stages;       // the backbone's stages (ABI 1.3), for the objective
 };
 
 class Component {
@@ -78,6 +79,7 @@ class Component {
   void check(cfamc_error* error) const { check_plugin(error, who_); }
   void* self() const { return self_; }
   const cfamc_context& context() const { return *context_; }
+  const PluginLibrary& library() const { return *library_; }
 
  private:
   std::shared_ptr<const PluginLibrary> library_;  // keeps the code of `self_` loaded
@@ -96,8 +98,18 @@ class Backbone : public Component {
   // The tensors under the names of the network's reference implementation, BatchNorm set `branch` only
   // (ABI 1.2; an older plugin's parameters and buffers under their own names).
   TensorMap export_tensors(int32_t branch) const;
+  // ABI 1.3: the stages the backbone offers (count 0 for a plugin built against an older minor, or one that
+  // offers none), and running it from stage `from` to `to` (a stage or CFAMC_STAGE_FEATURE) with copy `copy`
+  // of the last stage; Failure(plugin) for a backbone without stages or arguments out of range.
+  StageLayout stages() const;
+  at::Tensor forward_stages(const at::Tensor& x, int32_t from, int32_t to, int32_t copy = 0, int32_t branch = 0) const;
   // The callback objectives call; valid while this backbone lives.
   cfamc_encoder encoder() const;
+
+ private:
+  bool offers_stages() const;
+  // Why the encoder cannot run these stages (an error for the caller), or NULL when it can.
+  cfamc_error* refuse_stages(int32_t branch, int32_t from, int32_t to, int32_t copy) const;
 };
 
 struct LossResult {

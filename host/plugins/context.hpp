@@ -5,8 +5,19 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <toml++/toml.h>
+
+namespace cfamc::host {
+// What a backbone offers of ABI 1.3's stages: `count` S (0: none), the copies of stage S and the channels of
+// stages 0..S.
+struct StageLayout {
+  int32_t count = 0;
+  int32_t copies = 0;
+  std::vector<int64_t> channels;
+};
+}  // namespace cfamc::host
 
 struct cfamc_error {
   cfamc_error_code code;
@@ -20,6 +31,7 @@ struct cfamc_context {
   uint64_t seed = 0;
   std::string device = "cpu";
   int64_t feature_dim = 0;  // the run's backbone feature dimension; 0 for the backbone itself
+  cfamc::host::StageLayout stages;  // the run's backbone's stages, in the objective's context only
 };
 
 namespace cfamc::host {

@@ -34,6 +34,13 @@ void plugin_log(const cfamc_context* ctx, cfamc_log_level level, const char* mes
 
 uint64_t seed(const cfamc_context* ctx) { return ctx->seed; }
 int64_t feature_dim(const cfamc_context* ctx) { return ctx->feature_dim; }
+int32_t num_stages(const cfamc_context* ctx) { return ctx->stages.count; }
+int32_t num_stage_copies(const cfamc_context* ctx) { return ctx->stages.copies; }
+int64_t stage_channels(const cfamc_context* ctx, int32_t stage) {
+  const auto& channels = ctx->stages.channels;
+  if (stage == CFAMC_STAGE_FEATURE) return ctx->stages.count > 0 ? ctx->feature_dim : 0;
+  return stage >= 0 && static_cast<size_t>(stage) < channels.size() ? channels[stage] : 0;
+}
 
 size_t copy_text(const std::string& text, char* buffer, size_t capacity) {
   if (buffer != nullptr && capacity > 0) {
@@ -284,7 +291,9 @@ const cfamc_host_api* host_api() {
       option_int_list,        option_float_list, option_string_list, tensor_from_aten, tensor_aten,
       tensor_retain,          tensor_release,   tensor_to_dlpack, tensor_from_dlpack,
       // ABI 1.1
-      tensor_zeros,           tensor_copy};
+      tensor_zeros,           tensor_copy,
+      // ABI 1.3
+      num_stages,             num_stage_copies, stage_channels};
   return &api;
 }
 

@@ -5,7 +5,9 @@
 // once per branch, selected per forward; normalisation happens inside; the output is the globally pooled
 // feature (no classifier). Tensor names are torchvision's (layer1.0.conv1.weight, ...) except the shortcut,
 // `shortcut` and `shortcut_bn` for its `downsample`, and the BatchNorm set after each BatchNorm's name:
-// checkpoints carry these names, and `export_tensors` gives torchvision's.
+// checkpoints carry these names, and `export_tensors` gives torchvision's. Every network runs by stages (ABI
+// 1.3): stage k is the output of layer k, and the last stage exists in `last_stage_copies` copies, copy c > 0
+// named layer<S>_copy<c> (and bn_final_copy<c>, which belongs to it); copy 0 is the network `forward` runs.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -25,7 +27,7 @@ std::optional<std::string> torchvision_name(const std::string& name, int32_t bra
     dot = name.find('.', start);
     parts.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
   }
-  if (parts.front() == "normalise") return std::nullopt;
+  if (parts.front() == "normalise" || parts.front().find("_copy") != std::string::npos) return std::nullopt;
   std::string out;
   for (size_t i = 0; i < parts.size(); ++i) {
     const std::string& part = parts[i];
@@ -205,7 +207,7 @@ class PreActBottleneck : public nn::Module {
 // torchvision's ResNet on `Block` with the CIFAR stem. Stage i has depths[i] blocks of widths[i] planes; the
 // first stage keeps the resolution, each later one halves it. A post-activation network normalises the stem
 // (bn1); a pre-activation one leaves the stem bare and instead normalises the last block's sum (bn_final),
-// which no block of its own does.
+// which no block of its own does. The stem belongs to stage 1; bn_final to the last stage's copy.
 template <class Block>
 class ResNet : public cfamc::Backbone {
  public:
@@ -216,6 +218,9 @@ class ResNet : public cfamc::Backbone {
         cfamc::option("mean", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel mean subtracted inside forward; [] for none"),
         cfamc::option("std", CFAMC_OPTION_FLOAT_LIST, "[]", "per-channel std divided inside forward; [] for none"),
         cfamc::option("channels_last", CFAMC_OPTION_BOOL, "false", "run convolutions in channels-last memory format"),
+        cfamc::option("last_stage_copies", CFAMC_OPTION_INT, "1",
+                      "copies of the last stage with parameters of their own, one per task of an objective that "
+                      "runs stages (pretext_ensemble); copy 0 is the network forward, evaluators and export use"),
     };
   }
 
@@ -225,35 +230,62 @@ class ResNet : public cfamc::Backbone {
         name_(name),
         in_channels_(ctx.integer("in_channels")),
         branches_(ctx.integer("branches")),
-        channels_last_(ctx.flag("channels_last")) {
+        channels_last_(ctx.flag("channels_last")),
+        copies_(ctx.integer("last_stage_copies")) {
     if (in_channels_ < 1 || branches_ < 1) throw cfamc::Error(CFAMC_ERROR_OPTION, "in_channels and branches must be positive");
+    if (copies_ < 1) throw cfamc::Error(CFAMC_ERROR_OPTION, std::string(name) + ": last_stage_copies must be at least 1");
     normalise_ = register_module("normalise", cfamc::PixelNormalisation(in_channels_, ctx.reals("mean"), ctx.reals("std")));
     conv1_ = register_module("conv1", conv3x3(in_channels_, stem_width));
     if (!Block::preactivated) bn1_ = register_module("bn1", BranchedBatchNorm(stem_width, branches_));
-    int64_t channels = stem_width;
+    stage_channels_ = {in_channels_};
+    const std::string last = "layer" + std::to_string(depths.size());
     for (size_t stage = 0; stage < depths.size(); ++stage) {
-      channels = make_layer(stage, channels, widths[stage], depths[stage]);
+      stages_.emplace_back();
+      const std::string layer = "layer" + std::to_string(stage + 1);
+      const int64_t in = stage == 0 ? stem_width : stage_channels_.back();
+      stage_channels_.push_back(make_layer(layer, stage, in, widths[stage], depths[stage], stages_.back()));
     }
-    if (Block::preactivated) bn_final_ = register_module("bn_final", BranchedBatchNorm(channels, branches_));
-    feature_dim_ = channels;
+    // Copies come after every tensor of copy 0, so that copy 0's seeded initialisation and names are those of a
+    // network without copies.
+    make_final_norm("bn_final");
+    for (int64_t c = 1; c < copies_; ++c) {
+      const std::string suffix = "_copy" + std::to_string(c);
+      copies_of_last_.emplace_back();
+      make_layer(last + suffix, depths.size() - 1, stage_channels_[depths.size() - 1], widths.back(), depths.back(),
+                 copies_of_last_.back());
+      make_final_norm("bn_final" + suffix);
+    }
+    feature_dim_ = stage_channels_.back();
     initialise(ctx.generator());
     to(ctx.device());
     if (channels_last_) to_channels_last();
   }
 
   at::Tensor forward(const at::Tensor& x, int32_t branch) override {
-    check_input(x, branch);
-    at::Tensor h = normalise_->forward(x);
-    if (channels_last_) h = h.contiguous(torch::MemoryFormat::ChannelsLast);
-    h = conv1_->forward(h);
-    if (bn1_) h = torch::relu(bn1_->forward(h, branch));
-    for (auto& block : blocks_) h = block->forward(h, branch);
-    if (bn_final_) h = torch::relu(bn_final_->forward(h, branch));
+    return forward_stages(x, branch, 0, CFAMC_STAGE_FEATURE, 0);
+  }
+
+  // Stage 0 is the image; the stem runs with stage 1; the feature adds the last copy's bn_final and pooling.
+  at::Tensor forward_stages(const at::Tensor& x, int32_t branch, int32_t from, int32_t to, int32_t copy) override {
+    check_stages(x, branch, from, to, copy);
+    const int32_t last = to == CFAMC_STAGE_FEATURE ? num_stages() : to;
+    at::Tensor h = from == 0 ? stem(x, branch) : x;
+    for (int32_t stage = from + 1; stage <= last; ++stage) {
+      for (auto& block : blocks_of(stage, copy)) h = block->forward(h, branch);
+    }
+    if (to != CFAMC_STAGE_FEATURE) return h;
+    if (Block::preactivated) h = torch::relu(final_norms_[copy]->forward(h, branch));
     return h.mean({2, 3});
   }
 
   int64_t feature_dim() const override { return feature_dim_; }
   int32_t num_branches() const override { return static_cast<int32_t>(branches_); }
+  int32_t num_stages() const override { return static_cast<int32_t>(stages_.size()); }
+  int32_t num_stage_copies() const override { return static_cast<int32_t>(copies_); }
+  int64_t stage_channels(int32_t stage) const override {
+    if (stage == CFAMC_STAGE_FEATURE) return feature_dim_;
+    return stage >= 0 && stage <= num_stages() ? stage_channels_[stage] : 0;
+  }
 
   // torchvision's names: BatchNorm set `branch` becomes the only one (bn1.<b>.weight -> bn1.weight) and the
   // projecting shortcut is `downsample` (shortcut -> downsample.0, shortcut_bn -> downsample.1). The input
@@ -273,17 +305,35 @@ class ResNet : public cfamc::Backbone {
   }
 
  private:
+  using Blocks = std::vector<std::shared_ptr<Block>>;
+
   // torchvision's _make_layer; a ModuleList per stage gives its names (layer1.0.conv1.weight, ...). Returns
   // the stage's output channels.
-  int64_t make_layer(size_t stage, int64_t in, int64_t planes, int64_t depth) {
-    auto layer = register_module("layer" + std::to_string(stage + 1), nn::ModuleList());
+  int64_t make_layer(const std::string& name, size_t stage, int64_t in, int64_t planes, int64_t depth, Blocks& blocks) {
+    auto layer = register_module(name, nn::ModuleList());
     for (int64_t i = 0; i < depth; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-      blocks_.push_back(std::make_shared<Block>(in, planes, stride, branches_));
-      layer->push_back(blocks_.back());
+      blocks.push_back(std::make_shared<Block>(in, planes, stride, branches_));
+      layer->push_back(blocks.back());
       in = planes * Block::expansion;
     }
     return in;
+  }
+
+  void make_final_norm(const std::string& name) {
+    if (Block::preactivated) final_norms_.push_back(register_module(name, BranchedBatchNorm(stage_channels_.back(), branches_)));
+  }
+
+  // The normalised input through the first convolution (and, post-activation, its BatchNorm and ReLU).
+  at::Tensor stem(const at::Tensor& x, int32_t branch) {
+    at::Tensor h = normalise_->forward(x);
+    if (channels_last_) h = h.contiguous(torch::MemoryFormat::ChannelsLast);
+    h = conv1_->forward(h);
+    return bn1_ ? torch::relu(bn1_->forward(h, branch)) : h;
+  }
+
+  Blocks& blocks_of(int32_t stage, int32_t copy) {
+    return stage < num_stages() || copy == 0 ? stages_[stage - 1] : copies_of_last_[copy - 1];
   }
 
   // torchvision's: kaiming_normal_(fan_out, relu) for convolutions, drawn from the component's generator;
@@ -305,25 +355,34 @@ class ResNet : public cfamc::Backbone {
       if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
   }
 
-  void check_input(const at::Tensor& x, int32_t branch) const {
-    if (x.dim() != 4 || x.size(1) != in_channels_ || !x.is_floating_point()) {
-      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(name_) + ": expected float images [N, " +
-                                                           std::to_string(in_channels_) + ", H, W], got " +
-                                                           c10::str(x.sizes()));
+  void check_stages(const at::Tensor& x, int32_t branch, int32_t from, int32_t to, int32_t copy) const {
+    const auto refuse = [&](const std::string& problem) {
+      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, std::string(name_) + ": " + problem);
+    };
+    if (from < 0 || from > num_stages() || (to != CFAMC_STAGE_FEATURE && (to <= from || to > num_stages()))) {
+      refuse("no stages from " + std::to_string(from) + " to " + std::to_string(to) + " (stages 0.." +
+             std::to_string(num_stages()) + ", or the feature " + std::to_string(CFAMC_STAGE_FEATURE) + ")");
     }
-    if (branch < 0 || branch >= branches_) {
-      throw cfamc::Error(CFAMC_ERROR_INVALID_ARGUMENT, "no BatchNorm branch " + std::to_string(branch));
+    if (copy < 0 || copy >= copies_) refuse("no copy " + std::to_string(copy) + " of the last stage");
+    if (branch < 0 || branch >= branches_) refuse("no BatchNorm branch " + std::to_string(branch));
+    if (x.dim() != 4 || x.size(1) != stage_channels_[from] || !x.is_floating_point()) {
+      refuse("expected float " + std::string(from == 0 ? "images" : "stage " + std::to_string(from) + " outputs") +
+             " [N, " + std::to_string(stage_channels_[from]) + ", H, W], got " + c10::str(x.sizes()));
     }
   }
 
   const char* name_;
   int64_t in_channels_, branches_;
   bool channels_last_;
+  int64_t copies_;
   int64_t feature_dim_ = 0;
+  std::vector<int64_t> stage_channels_;  // stage 0 (the input) .. S
   cfamc::PixelNormalisation normalise_{nullptr};
   nn::Conv2d conv1_{nullptr};
-  BranchedBatchNorm bn1_{nullptr}, bn_final_{nullptr};
-  std::vector<std::shared_ptr<Block>> blocks_;
+  BranchedBatchNorm bn1_{nullptr};
+  std::vector<Blocks> stages_;                   // layer1 .. layerS, the last one copy 0
+  std::vector<Blocks> copies_of_last_;           // copies 1.. of layerS
+  std::vector<BranchedBatchNorm> final_norms_;  // pre-activation: bn_final of each copy
 };
 
 // The shipped networks, as torchvision's resnet18() etc.: a block type and the depth of each stage.

@@ -1,6 +1,7 @@
 /*
- * cfamc plugin ABI, version 1.1 (major 1; minor 1 appended tensor allocation to the host API and the
- * CFAMC_OPTION_ACCEPTS_NONFINITE modifier of option types).
+ * cfamc plugin ABI, version 1.3 (major 1; minor 1 appended tensor allocation to the host API and the
+ * CFAMC_OPTION_ACCEPTS_NONFINITE modifier of option types; minor 2 the backbone's export_tensors and the
+ * evaluator's save_classifier; minor 3 the backbone's stages, through the encoder and the host API).
  *
  * This header is the whole contract between cfamc-host and a plugin library. It is C99 and names no C++
  * type, so a plugin may be written in C, C++ or anything that can export a C function.
@@ -30,7 +31,7 @@ extern "C" {
 #endif
 
 #define CFAMC_ABI_MAJOR 1
-#define CFAMC_ABI_MINOR 2
+#define CFAMC_ABI_MINOR 3
 
 /* The one symbol a plugin library exports; the ABI major is part of its name. */
 #define CFAMC_PLUGIN_ENTRY_SYMBOL "cfamc_plugin_entry_v1"
@@ -153,6 +154,15 @@ typedef struct cfamc_tensor_visitor {
 
 /* ---- Callbacks the host hands to plugins (all borrowed for the duration of one call) -------------- */
 
+/* Stages of a backbone (ABI 1.3). Stage 0 is the image input ([N,C,H,W] float in [0,1]; normalisation happens
+ * inside, as in `forward`); stages 1..S are the outputs of the backbone's residual stages (the ResNets'
+ * layer1..layerS, [N, C_k, H_k, W_k]); CFAMC_STAGE_FEATURE, a `to_stage` only, is the final feature [N, D],
+ * what `forward` returns (after stage S: the pre-activation ResNets' last BatchNorm and ReLU, then pooling).
+ * The last stage exists in `num_stage_copies` copies with parameters of their own, and `copy` selects one:
+ * it decides stage S and all that follows it, so an output at stage S is continued with the copy that made
+ * it. Copy 0 is the network `forward` runs, the one evaluators see and `cfamc-host export` writes. */
+#define CFAMC_STAGE_FEATURE (-1)
+
 /* Runs the backbone. `x`: images in [0,1], NCHW, float. `branch`: the BatchNorm set. `out_features`:
  * owned by the caller, with its autograd graph when grad mode is on. */
 typedef struct cfamc_encoder {
@@ -161,6 +171,23 @@ typedef struct cfamc_encoder {
   int64_t feature_dim;
   int32_t num_branches;
   cfamc_error *(*encode)(void *self, const cfamc_tensor *x, int32_t branch, cfamc_tensor **out_features);
+
+  /* ---- Appended in ABI 1.3: check `struct_size` before reading (cfamc::Encoder does). */
+
+  /* The backbone's stages S, or 0 when it offers none (a backbone without `forward_stages`, such as one
+   * built against ABI 1.0-1.2); then `encode_stages` fails with an error naming the backbone. */
+  int32_t num_stages;
+  int32_t num_stage_copies; /* copies of stage S, at least 1; 0 when num_stages is 0 */
+  /* The channels C_k of stage `stage` (0..S; CFAMC_STAGE_FEATURE: feature_dim); 0 for a stage the backbone
+   * does not have. */
+  int64_t (*stage_channels)(void *self, int32_t stage);
+  /* Runs the backbone from `from_stage` (0..S) to `to_stage` (from_stage+1..S, or CFAMC_STAGE_FEATURE) with
+   * copy `copy` (0..num_stage_copies-1) of the last stage. `x`: borrowed, the input at `from_stage` (at
+   * stage 0, images in [0,1]). `out`: owned by the caller, with its autograd graph when grad mode is on,
+   * through which gradients of any order reach `x` and the backbone's parameters. Out-of-range arguments:
+   * CFAMC_ERROR_INVALID_ARGUMENT; a backbone without stages: CFAMC_ERROR_UNSUPPORTED. */
+  cfamc_error *(*encode_stages)(void *self, const cfamc_tensor *x, int32_t branch, int32_t from_stage,
+                                int32_t to_stage, int32_t copy, cfamc_tensor **out);
 } cfamc_encoder;
 
 /* What an attack maximises. `loss` maps candidate inputs (same names and shapes as the attacked inputs)
@@ -295,6 +322,16 @@ typedef struct cfamc_host_api {
    * the source's) as `dtype` (CFAMC_DTYPE_SAME: the source's). `out` owned. */
   cfamc_error *(*tensor_copy)(const cfamc_tensor *tensor, const char *device, cfamc_dtype dtype,
                               cfamc_tensor **out);
+
+  /* ---- Appended in ABI 1.3. Check CFAMC_HOST_HAS(api, function) before calling. */
+
+  /* The stages of the run's backbone as the objective's encoder will report them (cfamc_encoder's fields of
+   * the same names), for an objective that builds a head on a stage, or needs copies of the last stage, in
+   * `create` (and refuses a backbone without stages there). In the context of any component other than the
+   * objective, and for a backbone that offers no stages: 0 for all three. */
+  int32_t (*num_stages)(const cfamc_context *ctx);
+  int32_t (*num_stage_copies)(const cfamc_context *ctx);
+  int64_t (*stage_channels)(const cfamc_context *ctx, int32_t stage);
 } cfamc_host_api;
 
 /* Whether the host API table `api` (a const cfamc_host_api*) has the function `field`, which is appended
@@ -337,6 +374,19 @@ typedef struct cfamc_backbone_vtable {
    * torchvision's model loads them with strict=True). Input normalisation is left out: the host records it
    * as metadata. Tensors are borrowed for the visit. */
   cfamc_error *(*export_tensors)(void *self, int32_t branch, const cfamc_tensor_visitor *visitor);
+
+  /* Appended in ABI 1.3; optional, all four or none (default: the backbone offers no stages, and objectives
+   * that need them fail naming it). Stages as described at CFAMC_STAGE_FEATURE: `num_stages` S (0: none
+   * offered), `num_stage_copies` the copies of stage S (at least 1; their parameters are among the tensors
+   * `named_tensors` visits, so they are trained and checkpointed; `export_tensors` gives copy 0 only),
+   * `stage_channels` C_k of stage 0..S (CFAMC_STAGE_FEATURE: feature_dim; 0 for no such stage), and
+   * `forward_stages` with the arguments and results of cfamc_encoder's `encode_stages`; from 0 to
+   * CFAMC_STAGE_FEATURE with copy 0 it is `forward`. */
+  int32_t (*num_stages)(void *self);
+  int32_t (*num_stage_copies)(void *self);
+  int64_t (*stage_channels)(void *self, int32_t stage);
+  cfamc_error *(*forward_stages)(void *self, const cfamc_tensor *x, int32_t branch, int32_t from_stage,
+                                 int32_t to_stage, int32_t copy, cfamc_tensor **out);
 } cfamc_backbone_vtable;
 
 typedef struct cfamc_objective_vtable {

@@ -167,6 +167,16 @@ class Context {
   void info(const std::string& message) const { host().log(ctx_, CFAMC_LOG_INFO, message.c_str()); }
   void warn(const std::string& message) const { host().log(ctx_, CFAMC_LOG_WARN, message.c_str()); }
 
+  // The stages of the run's backbone (ABI 1.3, cfamc.h at CFAMC_STAGE_FEATURE), in an objective's `create`:
+  // 0 where the backbone offers none, outside the objective's context, and with a host older than 1.3.
+  int32_t num_stages() const { return CFAMC_HOST_HAS(&host(), num_stages) ? host().num_stages(ctx_) : 0; }
+  int32_t num_stage_copies() const {
+    return CFAMC_HOST_HAS(&host(), num_stage_copies) ? host().num_stage_copies(ctx_) : 0;
+  }
+  int64_t stage_channels(int32_t stage) const {
+    return CFAMC_HOST_HAS(&host(), stage_channels) ? host().stage_channels(ctx_, stage) : 0;
+  }
+
   uint64_t seed() const { return host().seed(ctx_); }
   // A CPU generator seeded for this component: independent of LibTorch's global generator and of every
   // other component's.
@@ -219,7 +229,33 @@ class Encoder {
   int64_t feature_dim() const { return encoder_->feature_dim; }
   int32_t num_branches() const { return encoder_->num_branches; }
 
+  // ABI 1.3 (cfamc.h at CFAMC_STAGE_FEATURE): the backbone's stages, 0 where it offers none or the host
+  // predates 1.3; the copies of the last stage; the channels of stage 0..S.
+  int32_t num_stages() const { return has_stages() ? encoder_->num_stages : 0; }
+  int32_t num_stage_copies() const { return has_stages() ? encoder_->num_stage_copies : 0; }
+  int64_t stage_channels(int32_t stage) const {
+    return has_stages() ? encoder_->stage_channels(encoder_->self, stage) : 0;
+  }
+  // The backbone from `from_stage` to `to_stage` (a stage, or CFAMC_STAGE_FEATURE) with copy `copy` of the
+  // last stage; `x` is the input at `from_stage`. Differentiable to any order.
+  at::Tensor stages(const at::Tensor& x, int32_t from_stage, int32_t to_stage, int32_t copy = 0,
+                    int32_t branch = 0) const {
+    if (!has_stages()) {
+      throw Error(CFAMC_ERROR_UNSUPPORTED, "this host predates plugin ABI 1.3: it cannot run a backbone by stages");
+    }
+    cfamc_tensor* in = handle_of(x);
+    cfamc_tensor* out = nullptr;
+    cfamc_error* error = encoder_->encode_stages(encoder_->self, in, branch, from_stage, to_stage, copy, &out);
+    host().tensor_release(in);
+    check(error);
+    return adopt(out);
+  }
+
  private:
+  bool has_stages() const {
+    return encoder_->struct_size >= offsetof(cfamc_encoder, encode_stages) + sizeof(encoder_->encode_stages) &&
+           encoder_->encode_stages != nullptr;
+  }
   const cfamc_encoder* encoder_;
 };
 
@@ -444,6 +480,16 @@ class Backbone : public Component {
     for (const auto& item : named_buffers(/*recurse=*/true)) out.insert(item.key(), item.value());
     return out;
   }
+  // ABI 1.3 stages (cfamc.h at CFAMC_STAGE_FEATURE). Default: none, which the host reports to objectives that
+  // need them. A backbone that offers them overrides all four; the host checks the arguments before
+  // `forward_stages` (from 0..S, to from+1..S or CFAMC_STAGE_FEATURE, copy 0..num_stage_copies-1).
+  virtual int32_t num_stages() const { return 0; }
+  virtual int32_t num_stage_copies() const { return 1; }
+  virtual int64_t stage_channels(int32_t /*stage*/) const { return 0; }
+  virtual at::Tensor forward_stages(const at::Tensor& /*x*/, int32_t /*branch*/, int32_t /*from_stage*/,
+                                    int32_t /*to_stage*/, int32_t /*copy*/) {
+    throw Error(CFAMC_ERROR_UNSUPPORTED, "this backbone offers no stages");
+  }
 };
 
 class Objective : public Component {
@@ -554,6 +600,13 @@ const cfamc_backbone_vtable* backbone_vtable() {
             host().tensor_release(h);
           }
         });
+      },
+      [](void* self) -> int32_t { return self_of<T>(self).num_stages(); },
+      [](void* self) -> int32_t { return self_of<T>(self).num_stage_copies(); },
+      [](void* self, int32_t stage) -> int64_t { return self_of<T>(self).stage_channels(stage); },
+      [](void* self, const cfamc_tensor* x, int32_t branch, int32_t from, int32_t to, int32_t copy,
+         cfamc_tensor** out) {
+        return guard([&] { *out = handle_of(self_of<T>(self).forward_stages(tensor_of(x), branch, from, to, copy)); });
       }};
   return &table;
 }
