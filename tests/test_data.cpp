@@ -12,6 +12,7 @@
 
 #include "data/datasets.hpp"
 #include "data/sampler.hpp"
+#include "run/evaluation.hpp"
 #include "failure.hpp"
 #include "support.hpp"
 
@@ -258,6 +259,28 @@ TEST_CASE("CIFAR-100 reads the fine label, STL-10 is column-major with labels 1.
   CHECK(stl.labels[0].item<int64_t>() == 9);
   dir.write("test_y.bin", "");
   CHECK_THAT(data_failure([&] { load_split({"stl10", dir.path().string()}, "test"); }), Contains("expected 1 labels"));
+}
+
+TEST_CASE("STL-10 train+unlabeled: training draws all of it, classifiers see only its labeled images", "[data]") {
+  cfamc::test::TempDir dir;
+  const auto images = [](std::initializer_list<char> firsts) {
+    std::string bytes;
+    for (char first : firsts) bytes += first + std::string(3 * 96 * 96 - 1, '\0');
+    return bytes;
+  };
+  dir.write("train_X.bin", images({11}));
+  dir.write("train_y.bin", std::string(1, char(4)));
+  dir.write("unlabeled_X.bin", images({21, 22}));
+  dir.write("test_X.bin", images({31}));
+  dir.write("test_y.bin", std::string(1, char(1)));
+  const DataConfig config{"stl10", dir.path().string(), "train+unlabeled", "keep", 0, 0};
+  const EvaluationData data = load_evaluation_data(config, "cpu");
+  // Row i of what training draws is sample index i: the labeled image first, then the unlabeled ones.
+  CHECK(data.pretrain.labels.equal(torch::tensor({3, -1, -1}, torch::kLong)));
+  CHECK(data.pretrain.images.select(1, 0).select(1, 0).select(1, 0).equal(torch::tensor({11, 21, 22}, torch::kByte)));
+  CHECK(data.train.labels.equal(torch::tensor({3}, torch::kLong)));
+  CHECK(data.train.images.equal(data.pretrain.images.slice(0, 0, 1)));
+  CHECK(data.test.labels.equal(torch::tensor({0}, torch::kLong)));
 }
 
 TEST_CASE("the sampler visits every sample once per epoch, reproducibly", "[data]") {

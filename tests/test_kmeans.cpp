@@ -39,9 +39,10 @@ std::unique_ptr<Evaluator> kmeans(const std::string& toml, uint64_t seed = 1234)
   return instantiate<Evaluator>(cfamc::test::registry(), info, std::move(setup));
 }
 
-// Runs the evaluator on the blobs (the "train" split); its metrics, the artifact in `dir`.
+// Runs the evaluator on the blobs (the "pretrain" split, the one it clusters by default); its metrics, the
+// artifact in `dir`.
 nlohmann::json run(const Evaluator& evaluator, const cfamc::test::TempDir& dir) {
-  EvalServices services(pixel_encoder({1, 4, 4}), {{"train", blobs()}}, {}, dir.path());
+  EvalServices services(pixel_encoder({1, 4, 4}), {{"pretrain", blobs()}}, {}, dir.path());
   evaluator.evaluate(*services.get());
   return services.metrics();
 }

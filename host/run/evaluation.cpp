@@ -103,16 +103,28 @@ DatasetSplit prepare_split(ImageSet set, int64_t subset, const DataConfig& confi
   return DatasetSplit{set.images.contiguous().to(device), set.labels.to(device)};
 }
 
+// The rows of `split` that have a label (all of them but STL-10's unlabeled images).
+DatasetSplit labeled_rows(const DatasetSplit& split) {
+  const at::Tensor labeled = split.labels.ge(0);
+  if (labeled.all().item<bool>()) return split;
+  const at::Tensor rows = labeled.nonzero().squeeze(1);
+  return DatasetSplit{split.images.index_select(0, rows), split.labels.index_select(0, rows)};
+}
+
 }  // namespace
 
 EvaluationData load_evaluation_data(const DataConfig& config, const std::string& device) {
   const DatasetSpec spec{config.dataset, config.root};
   EvaluationData data;
-  data.train = prepare_split(load_split(spec, config.train_split), config.train_subset, config, device);
+  data.pretrain = prepare_split(load_split(spec, config.train_split), config.train_subset, config, device);
+  data.train = labeled_rows(data.pretrain);
   data.test = prepare_split(load_split(spec, "test"), config.test_subset, config, device);
-  log(LogLevel::info, config.dataset + ": " + std::to_string(data.train.images.size(0)) + " training and " +
-                          std::to_string(data.test.images.size(0)) + " test images of " +
-                          c10::str(data.train.images.sizes().slice(1)) + " on " + device);
+  const std::string labeled = data.train.images.size(0) == data.pretrain.images.size(0)
+                                  ? ""
+                                  : " (" + std::to_string(data.train.images.size(0)) + " of them labeled)";
+  log(LogLevel::info, config.dataset + ": " + std::to_string(data.pretrain.images.size(0)) + " training images" +
+                          labeled + " and " + std::to_string(data.test.images.size(0)) + " test images of " +
+                          c10::str(data.pretrain.images.sizes().slice(1)) + " on " + device);
   return data;
 }
 
@@ -122,7 +134,7 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
   for (const auto& [component, evaluator] : evaluation.evaluators) {
     const std::string id = component->id + suffix_of(evaluation.pass);
     EvalServices services(encoder_for(evaluation.pass, assembly, data, *component),
-                          {{"train", data.train}, {"test", data.test}}, evaluation.attacks_for(*component, config),
+                          {{"train", data.train}, {"test", data.test}, {"pretrain", data.pretrain}}, evaluation.attacks_for(*component, config),
                           run_dir / "artifacts" / id, view_maker_for(*component, config));
     services.set_classifier_saver(classifier_saver(config, *component));
     const auto start = std::chrono::steady_clock::now();

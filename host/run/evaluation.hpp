@@ -12,11 +12,14 @@
 
 namespace cfamc::host {
 
+// The images of [data]. `pretrain` is the split the objective trains on, row i being sample index i (STL-10's
+// train+unlabeled: label -1 on its unlabeled rows); `train` is its labeled rows, what classifiers fit (the same
+// tensors when every row is labeled). Evaluators see all three by these names.
 struct EvaluationData {
-  DatasetSplit train, test;
+  DatasetSplit pretrain, train, test;
 };
 
-// The training and test splits of [data] on `device`, cut to their subsets, grey expanded to RGB when asked.
+// The splits of [data] on `device`, cut to their subsets, grey expanded to RGB when asked.
 EvaluationData load_evaluation_data(const DataConfig& config, const std::string& device);
 
 // Runs every evaluator of `evaluation` against its pass's encoder (the run's, or the pixels). Results are

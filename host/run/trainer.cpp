@@ -113,7 +113,7 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       assembly_(assemble(config, registry, request.device)),
       groups_(view_groups_of(config, *assembly_.objective)),
       train_(config.train),
-      sampler_(data_.train.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
+      sampler_(data_.pretrain.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
       steps_per_epoch_(sampler_.steps_per_epoch()),
       total_(total_steps(train_, steps_per_epoch_)),
       optimizer_(train_.optimizer, assembly_.trainable()),
@@ -134,7 +134,7 @@ double TrainingRun::schedule_lr(int64_t update) const {
 }
 
 void TrainingRun::start() {
-  check_step_memory(*assembly_.backbone, groups_, data_.train.images.size(1), train_.batch_size, request_.device);
+  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.device);
   if (request_.resume && resume()) return;
   start_fresh();
 }
@@ -179,7 +179,7 @@ const Attack* TrainingRun::attack_at(int64_t epoch) const {
 
 TensorMap TrainingRun::next_inputs() {
   const at::Tensor indices = sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_).to(request_.device);
-  const at::Tensor images = data_.train.images.index_select(0, indices);
+  const at::Tensor images = data_.pretrain.images.index_select(0, indices);
   TensorMap views;
   for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_));
   return assembly_.objective->prepare(views, indices);

@@ -1,5 +1,5 @@
-// k-means pseudo-labels, the label source of AdvCL (Fan et al. 2021): the features of one split (the training
-// split by default) of whatever encoder the run evaluates are clustered for every K of a list (Lloyd's
+// k-means pseudo-labels, the label source of AdvCL (Fan et al. 2021): the features of one split (by default
+// "pretrain", the images the run trains on, unlabeled ones included, in sample-index order) of whatever encoder the run evaluates are clustered for every K of a list (Lloyd's
 // algorithm from k-means++ seeds, on the evaluation device), and the cluster of every image is written as an
 // artifact that a later objective indexes by dataset sample index. Per K it reports the inertia, the Lloyd
 // iterations run, the smallest and largest cluster and, where the split has labels, the adjusted Rand index
@@ -59,7 +59,9 @@ class KMeans : public cfamc::Evaluator {
         cfamc::option("normalize", CFAMC_OPTION_BOOL, "true", "L2-normalise the features before clustering"),
         cfamc::option("iterations", CFAMC_OPTION_INT, "100", "most Lloyd iterations; fewer when no label changes"),
         cfamc::option("restarts", CFAMC_OPTION_INT, "1", "independent seedings per K; the lowest inertia is kept"),
-        cfamc::option("split", CFAMC_OPTION_STRING, "\"train\"", "the split whose images are clustered"),
+        cfamc::option("split", CFAMC_OPTION_STRING, "\"pretrain\"",
+                      "the split whose images are clustered: \"pretrain\" (what training draws, by sample index), "
+                      "\"train\" (its labeled images) or \"test\""),
         cfamc::option("encode_batch_size", CFAMC_OPTION_INT, "256", "images encoded at once"),
         cfamc::option("file", CFAMC_OPTION_STRING, "\"pseudo_labels.pt\"", "the artifact's file name"),
     };

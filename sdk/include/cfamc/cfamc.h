@@ -218,8 +218,10 @@ typedef enum cfamc_feature {
 typedef struct cfamc_eval_services {
   size_t struct_size;
   void *self;
-  /* The named split ("train", "test", ...): images uint8 NCHW and labels int64 [N], both owned by the
-   * caller, on the evaluation device. CFAMC_ERROR_INVALID_ARGUMENT for an unknown split. */
+  /* The named split: images uint8 NCHW and labels int64 [N], both owned by the caller, on the evaluation
+   * device. "train": the labeled training images; "test"; "pretrain": every image the objective trains on,
+   * row i being sample index i, label -1 where unlabeled (the same as "train" when all are labeled).
+   * CFAMC_ERROR_INVALID_ARGUMENT for an unknown split. */
   cfamc_error *(*dataset)(void *self, const char *split, cfamc_tensor **out_images, cfamc_tensor **out_labels);
   /* The frozen or trainable encoder: images in [0,1] -> features (differentiable w.r.t. x). */
   cfamc_error *(*encode)(void *self, cfamc_feature which, const cfamc_tensor *x, cfamc_tensor **out_features);
