@@ -97,6 +97,10 @@ struct Bench {
 
 Bench assemble_bench(ResolvedRun run) {
   const RunConfig& config = run.config;
+  if (!config.attack_schedule.empty()) {  // which of its attacks would be timed is the user's choice
+    throw std::runtime_error(config.file + ": [[attack_schedule]] changes the attack between epochs; time one with "
+                             "--unset attack_schedule and --set attack.plugin=... (or --unset attack: clean)");
+  }
   const std::string device = resolve_device(config.device, config.file);
   Assembly assembly = assemble(config, run.registry, device);
   std::vector<const ViewRecipe*> groups = view_groups_of(config, *assembly.objective);
@@ -142,7 +146,7 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
     phase_done("augmentation");
     step.run(inputs, b.assembly.attack.get());
   }
-  if (step.diverged()) throw std::runtime_error("the loss became NaN or infinite");
+  if (step.diverged()) throw std::runtime_error(config.file + ": the loss became NaN or infinite");
   return time;
 }
 

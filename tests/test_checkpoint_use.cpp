@@ -301,3 +301,16 @@ TEST_CASE("tensors of another shape or name are refused naming the tensor and bo
   CHECK_THROWS_WITH(cfamc::host::load_component(*wide, "backbone", saved, "wide.pt"),
                     Contains("wide.pt has 'backbone/extra', which plugin 'convnet'"));
 }
+
+TEST_CASE("resume refuses an attack state of another type, naming the checkpoint and the tensor", "[checkpoint_use]") {
+  cfamc::test::TempDir dir;
+  const Run run(dir, "pgd", "\n[attack]\nplugin = \"pgd\"\nsteps = 1\n");
+  REQUIRE(run.host("--until-step 2").exit_code == 0);
+  cfamc::host::TensorMap tensors = cfamc::host::load_checkpoint(run.checkpoint(2));
+  REQUIRE(tensors.contains("attack/rng.state"));
+  tensors["attack/rng.state"] = tensors["attack/rng.state"].to(torch::kFloat);
+  cfamc::host::write_checkpoint_file(run.checkpoint(2), tensors);
+  const auto resumed = run.host("--resume");
+  CHECK(resumed.exit_code == 1);
+  CHECK_THAT(resumed.output, Contains(run.checkpoint(2).string() + " holds 'attack/rng.state' as Float"));
+}

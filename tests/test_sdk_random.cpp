@@ -31,10 +31,17 @@ TEST_CASE("sdk CheckpointedGenerator: its state stays a CPU byte tensor when the
   Owner owner(1);
   owner.to(torch::kDouble);
   owner.to(torch::Device(torch::kCPU), torch::kHalf);
+  owner.to(torch::Device(torch::kMeta));  // what a move to a GPU does to every other tensor, on any machine
   const at::Tensor state = owner.named_buffers()["rng.state"];
   CHECK(state.scalar_type() == torch::kByte);
   CHECK(state.device().is_cpu());
   const at::Tensor before = state.clone();
   owner.draw();
   CHECK_FALSE(torch::equal(state, before));  // the lease wrote the advanced state back
+}
+
+TEST_CASE("sdk CheckpointedGenerator: a second lease at once is refused (it would replay the first one's draws)", "[sdk]") {
+  Owner owner(3);
+  const auto first = owner.rng->lease();
+  CHECK_THROWS_WITH(owner.rng->lease(), Catch::Matchers::Contains("leased twice"));
 }

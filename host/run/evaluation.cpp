@@ -134,8 +134,9 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
   for (const auto& [component, evaluator] : evaluation.evaluators) {
     const std::string id = component->id + suffix_of(evaluation.pass);
     EvalServices services(encoder_for(evaluation.pass, assembly, data, *component),
-                          {{"train", data.train}, {"test", data.test}, {"pretrain", data.pretrain}}, evaluation.attacks_for(*component, config),
-                          run_dir / "artifacts" / id, view_maker_for(*component, config));
+                          {{"train", data.train}, {"test", data.test}, {"pretrain", data.pretrain}},
+                          evaluation.attacks_for(*component, config), run_dir / "artifacts" / id,
+                          view_maker_for(*component, config));
     services.set_classifier_saver(classifier_saver(config, *component));
     const auto start = std::chrono::steady_clock::now();
     const EncoderSnapshot snapshot(services.encoder());

@@ -53,6 +53,12 @@ int64_t RunState::restore(const TensorMap& saved, const std::filesystem::path& f
         if (attack && !saved.contains(name)) {
           log(LogLevel::warn, "resume: " + file.string() + " has no '" + name + "' (another attack?); starting it fresh");
         } else if (attack) {
+          // An attack's state may change shape (free training's perturbation follows the batch), never type.
+          if (saved[name].scalar_type() != item.value().scalar_type()) {
+            fail(ExitCode::other, "resume: " + file.string() + " holds '" + name + "' as " +
+                                      std::string(c10::toString(saved[name].scalar_type())) + ", but the attack keeps it as " +
+                                      c10::toString(item.value().scalar_type()) + "; was it made by another attack?");
+          }
           item.value().set_data(saved[name].to(item.value().device()));
         } else {
           copy_into(item.value(), *saved_tensor(name), name, file);

@@ -1,5 +1,6 @@
-// k-means pseudo-labels, the label source of AdvCL (Fan et al. 2021): the features of one split (by default
-// "pretrain", the images the run trains on, unlabeled ones included, in sample-index order) of whatever encoder the run evaluates are clustered for every K of a list (Lloyd's
+// k-means pseudo-labels, the label source of AdvCL (Fan et al. 2021): the features of one split (by
+// default "pretrain", the images the run trains on, unlabeled ones included, in sample-index order) of
+// whatever encoder the run evaluates are clustered for every K of a list (Lloyd's
 // algorithm from k-means++ seeds, on the evaluation device), and the cluster of every image is written as an
 // artifact that a later objective indexes by dataset sample index. Per K it reports the inertia, the Lloyd
 // iterations run, the smallest and largest cluster and, where the split has labels, the adjusted Rand index
@@ -98,10 +99,21 @@ class KMeans : public cfamc::Evaluator {
     }
   }
 
+  // The images to cluster. A host older than the "pretrain" split named what training draws "train".
+  std::pair<at::Tensor, at::Tensor> split_images(const cfamc::EvalServices& services) const {
+    try {
+      return services.dataset(split_);
+    } catch (const cfamc::Error& e) {
+      if (split_ != "pretrain" || e.code() != CFAMC_ERROR_INVALID_ARGUMENT) throw;
+      context().warn("this host has no \"pretrain\" split (it predates it): clustering its \"train\" split instead");
+      return services.dataset("train");
+    }
+  }
+
   void evaluate(const cfamc::EvalServices& services) override {
     services.set_encoder_training(false);
     torch::NoGradGuard no_grad;
-    const auto [images, labels] = services.dataset(split_);
+    const auto [images, labels] = split_images(services);
     const int64_t n = images.size(0);
     // Refused before any work, so that a bad K costs no clustering of the others.
     for (int64_t k : ks_) {

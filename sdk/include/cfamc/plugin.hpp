@@ -77,6 +77,16 @@ cfamc_error* guard(Body&& body) noexcept {
     return host().error_create(CFAMC_ERROR_INTERNAL, "unknown exception");
   }
 }
+
+// Runs `body`, a query whose C signature cannot return an error; 0 when it throws.
+template <class Body>
+auto or_zero(Body&& body) noexcept -> decltype(body()) {
+  try {
+    return body();
+  } catch (...) {
+    return 0;
+  }
+}
 }  // namespace detail
 
 // ---- Tensors -----------------------------------------------------------------------------------------
@@ -601,9 +611,12 @@ const cfamc_backbone_vtable* backbone_vtable() {
           }
         });
       },
-      [](void* self) -> int32_t { return self_of<T>(self).num_stages(); },
-      [](void* self) -> int32_t { return self_of<T>(self).num_stage_copies(); },
-      [](void* self, int32_t stage) -> int64_t { return self_of<T>(self).stage_channels(stage); },
+      // These cannot return an error: one that throws offers no stages (0), rather than end the process.
+      [](void* self) -> int32_t { return or_zero([&] { return self_of<T>(self).num_stages(); }); },
+      [](void* self) -> int32_t { return or_zero([&] { return self_of<T>(self).num_stage_copies(); }); },
+      [](void* self, int32_t stage) -> int64_t {
+        return or_zero([&] { return self_of<T>(self).stage_channels(stage); });
+      },
       [](void* self, const cfamc_tensor* x, int32_t branch, int32_t from, int32_t to, int32_t copy,
          cfamc_tensor** out) {
         return guard([&] { *out = handle_of(self_of<T>(self).forward_stages(tensor_of(x), branch, from, to, copy)); });

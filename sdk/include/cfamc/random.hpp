@@ -4,7 +4,7 @@
 // draws exactly what the uninterrupted run would have.
 #pragma once
 
-#include <ATen/CPUGeneratorImpl.h>
+#include <cfamc/plugin.hpp>
 #include <torch/torch.h>
 
 #include <memory>
@@ -26,10 +26,16 @@ class CheckpointedGenerator : public torch::nn::Module {
 
   class Lease {
    public:
-    explicit Lease(CheckpointedGenerator& owner) : owner_(owner) { owner_.generator_.set_state(owner_.state_); }
+    explicit Lease(CheckpointedGenerator& owner) : owner_(owner) {
+      // A second lease would restart from the buffer and draw the first one's numbers again.
+      if (owner_.leased_) throw Error(CFAMC_ERROR_INTERNAL, "a CheckpointedGenerator was leased twice at once");
+      owner_.generator_.set_state(owner_.state_);
+      owner_.leased_ = true;
+    }
     ~Lease() {
       torch::NoGradGuard no_grad;
       owner_.state_.copy_(owner_.generator_.get_state());
+      owner_.leased_ = false;
     }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
@@ -50,6 +56,7 @@ class CheckpointedGenerator : public torch::nn::Module {
  private:
   at::Generator generator_;
   at::Tensor state_;
+  bool leased_ = false;
 };
 
 }  // namespace cfamc
