@@ -14,9 +14,12 @@
 #include "plugins/components.hpp"
 #include "train/objective_oracle.hpp"
 #include "make_component.hpp"
+#include "objective_checks.hpp"
 #include "support.hpp"
 
 using namespace cfamc::host;
+using cfamc::test::all_equal;
+using cfamc::test::running_means;
 using cfamc::test::make;
 using Catch::Matchers::Contains;
 
@@ -159,25 +162,6 @@ void distinguish_sets(Component& component) {
         item.value().add_(0.3 * set);
     }
   }
-}
-
-// Running means of BatchNorm set `set` in the backbone ("bnK.<set>") and the projector ("projector.norm.<set>").
-std::vector<at::Tensor> running_means(const Component& backbone, const Component& advcl, int set) {
-  std::vector<at::Tensor> out;
-  const std::string suffix = "." + std::to_string(set) + ".running_mean";
-  for (const Component* c : {&backbone, &advcl})
-    for (const auto& item : c->tensors(CFAMC_ROLE_BUFFER))
-      if (item.key().size() > suffix.size() &&
-          item.key().compare(item.key().size() - suffix.size(), suffix.size(), suffix) == 0)
-        out.push_back(item.value().clone());
-  return out;
-}
-
-bool all_equal(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!torch::equal(a[i], b[i])) return false;
-  return true;
 }
 
 }  // namespace
@@ -326,12 +310,12 @@ TEST_CASE("advcl: the attack perturbs x_cl and x_ce, and each BatchNorm set sees
       }
     }
     Stats stats;
-    for (int set = 0; set < 3; ++set) stats.set[set] = running_means(*s.backbone, *s.advcl, set);
+    for (int set = 0; set < 3; ++set) stats.set[set] = running_means({s.backbone.get(), s.advcl.get()}, set);
     return stats;
   };
   const auto before = [&] {
     Stats stats;
-    for (int set = 0; set < 3; ++set) stats.set[set] = running_means(*s.backbone, *s.advcl, set);
+    for (int set = 0; set < 3; ++set) stats.set[set] = running_means({s.backbone.get(), s.advcl.get()}, set);
     return stats;
   }();
   REQUIRE(before.set[0].size() == 3 + 1);  // convnet's three blocks, the projector's one BatchNorm

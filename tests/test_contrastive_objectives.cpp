@@ -12,11 +12,15 @@
 #include "plugins/components.hpp"
 #include "train/objective_oracle.hpp"
 #include "make_component.hpp"
+#include "objective_checks.hpp"
 #include "support.hpp"
 #include "tiny_run.hpp"
 
 using namespace cfamc::host;
 using cfamc::test::make;
+using cfamc::test::all_equal;
+using cfamc::test::attack_with_pgd;
+using cfamc::test::running_means;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -75,33 +79,6 @@ struct AclSetup {
   TensorMap clean, adversarial;
 };
 
-// Running means of every BatchNorm of set `branch`, in the backbone ("bnK.<branch>") and ACL's projector.
-std::vector<at::Tensor> running_means(const Component& backbone, const Component& acl, int branch) {
-  std::vector<at::Tensor> out;
-  const std::string set = "." + std::to_string(branch) + ".running_mean";
-  for (const Component* c : {&backbone, &acl})
-    for (const auto& item : c->tensors(CFAMC_ROLE_BUFFER))
-      if (item.key().size() > set.size() && item.key().compare(item.key().size() - set.size(), set.size(), set) == 0)
-        out.push_back(item.value().clone());
-  return out;
-}
-
-bool all_equal(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!torch::equal(a[i], b[i])) return false;
-  return true;
-}
-
-// Runs the host's PGD against the objective's attack-phase loss on its attacked inputs, as the training step does.
-TensorMap attack_with_pgd(const Backbone& backbone, const Objective& objective, const TensorMap& clean) {
-  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3\nrandom_start = false\nstep_size = \"2/255\"");
-  ObjectiveOracle oracle(objective, backbone, clean);
-  TensorMap targets;
-  for (const auto& name : objective.attacked_inputs()) targets.insert(name, clean[name]);
-  return pgd->perturb(oracle.get(), targets);
-}
-
 }  // namespace
 
 TEST_CASE("acl: training loss is 1/2 [NT-Xent(clean, set 0) + NT-Xent(adv, set 1)]", "[acl]") {
@@ -133,7 +110,7 @@ TEST_CASE("acl: the attack perturbs both views, through the adversarial BatchNor
   for (const char* view : {"view1", "view2"}) candidate.insert(view, s.adversarial[view].clone().requires_grad_(true));
   s.backbone->set_training(true);
   s.acl->set_training(true);
-  const auto set0 = running_means(*s.backbone, *s.acl, 0), set1 = running_means(*s.backbone, *s.acl, 1);
+  const auto set0 = running_means({s.backbone.get(), s.acl.get()}, 0), set1 = running_means({s.backbone.get(), s.acl.get()}, 1);
   REQUIRE(set0.size() == 3 + 3);  // convnet's three blocks, the projector's three layers
   s.acl->loss(*s.backbone, s.clean, candidate, CFAMC_PHASE_ATTACK).loss.backward();
   for (const char* view : {"view1", "view2"}) {
@@ -141,8 +118,8 @@ TEST_CASE("acl: the attack perturbs both views, through the adversarial BatchNor
     REQUIRE(candidate[view].grad().defined());
     CHECK(candidate[view].grad().abs().sum().item<double>() > 0);
   }
-  CHECK(all_equal(running_means(*s.backbone, *s.acl, 0), set0));
-  CHECK_FALSE(all_equal(running_means(*s.backbone, *s.acl, 1), set1));
+  CHECK(all_equal(running_means({s.backbone.get(), s.acl.get()}, 0), set0));
+  CHECK_FALSE(all_equal(running_means({s.backbone.get(), s.acl.get()}, 1), set1));
 
   s.backbone->set_training(false);
   s.acl->set_training(false);

@@ -20,6 +20,7 @@
 #include "train/checkpoint.hpp"
 #include "train/objective_oracle.hpp"
 #include "make_component.hpp"
+#include "objective_checks.hpp"
 #include "support.hpp"
 #include "tiny_run.hpp"
 
@@ -29,6 +30,7 @@
 
 using namespace cfamc::host;
 using cfamc::test::make;
+using cfamc::test::attack_with_pgd;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -84,15 +86,6 @@ at::Tensor tile(const at::Tensor& image, int64_t index) {
 
 // The name of the input each objective's attack perturbs.
 const char* attacked_name(const std::string& objective) { return objective == "rotation" ? "rotated" : "shuffled"; }
-
-// Runs the host's PGD against the objective's attack-phase loss on its attacked inputs, as the training step does.
-TensorMap attack_with_pgd(const Backbone& backbone, const Objective& objective, const TensorMap& clean) {
-  auto pgd = make<Attack>(CFAMC_KIND_ATTACK, "pgd", "steps = 3\nrandom_start = false\nstep_size = \"2/255\"");
-  ObjectiveOracle oracle(objective, backbone, clean);
-  TensorMap targets;
-  for (const auto& name : objective.attacked_inputs()) targets.insert(name, clean[name]);
-  return pgd->perturb(oracle.get(), targets);
-}
 
 }  // namespace
 
