@@ -36,6 +36,51 @@ TEST_CASE("one LARS step matches a hand computation", "[optim]") {
   CHECK(b[0].item<double>() == Approx(1.0 - lr * 1.9 * 0.5).epsilon(1e-12));  // plain SGD, no decay
 }
 
+// Every optimiser updates all weights with a few `_foreach_` calls: the result must be what each weight
+// updated on its own gets, whatever its shape, including a zero weight (LARS leaves it unscaled), a 1-D one
+// (LARS excludes it) and one without a gradient this step (left alone; not for AdamW, whose bias correction
+// counts the optimiser's updates, not each weight's).
+TEST_CASE("each optimiser updates many weights at once exactly as each weight on its own", "[optim]") {
+  for (const char* kind : {"lars", "sgd", "adamw"}) {
+    CAPTURE(kind);
+    OptimizerConfig config = train_defaults().optimizer;
+    config.kind = kind;
+    config.momentum = 0.9;
+    config.nesterov = true;
+    config.weight_decay = 1e-3;
+    config.lars_eta = 0.02;
+    const std::vector<at::Tensor> start = {torch::randn({4, 3, 3, 3}), torch::zeros({5, 2}), torch::randn({6}),
+                                           torch::randn({3, 7}), torch::randn({2, 2})};
+    TensorMap together_map;
+    std::vector<at::Tensor> together, alone;
+    std::vector<std::unique_ptr<Optimizer>> singles;
+    for (size_t i = 0; i < start.size(); ++i) {
+      together.push_back(start[i].clone().requires_grad_(true));
+      alone.push_back(start[i].clone().requires_grad_(true));
+      together_map.insert("w" + std::to_string(i), together[i]);
+      singles.push_back(std::make_unique<Optimizer>(config, TensorMap{{"w", alone[i]}}));
+    }
+    Optimizer joint(config, together_map);
+    const bool skip_one = std::string(kind) != "adamw";
+    for (int step = 0; step < 3; ++step) {
+      for (size_t i = 0; i < start.size(); ++i) {
+        if (skip_one && i == 4 && step == 1) continue;  // no gradient for this weight at this step
+        const at::Tensor grad = torch::randn(start[i].sizes());
+        together[i].mutable_grad() = grad.clone();
+        alone[i].mutable_grad() = grad.clone();
+        singles[i]->step(0.3);
+      }
+      if (skip_one && step == 1) together[4].mutable_grad() = at::Tensor();
+      joint.step(0.3);
+    }
+    for (size_t i = 0; i < start.size(); ++i) {
+      CAPTURE(i);
+      CHECK(torch::allclose(together[i], alone[i], 1e-6, 1e-7));
+      CHECK_FALSE(torch::equal(together[i], start[i]));
+    }
+  }
+}
+
 TEST_CASE("SGD with Nesterov momentum matches LibTorch's SGD over several steps", "[optim]") {
   torch::manual_seed(0);
   at::Tensor mine = torch::randn({5, 3}).requires_grad_(true);

@@ -21,53 +21,93 @@ Optimizer::Optimizer(OptimizerConfig config, TensorMap parameters)
 }
 
 void Optimizer::zero_grad() {
+  std::vector<at::Tensor> grads;
   for (auto& item : parameters_)
-    if (item.value().grad().defined()) item.value().mutable_grad().zero_();
+    if (item.value().grad().defined()) grads.push_back(item.value().mutable_grad());
+  if (!grads.empty()) at::_foreach_zero_(grads);
+}
+
+Optimizer::Group Optimizer::with_gradients() const {
+  Group g;
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    const at::Tensor& p = parameters_[i].value();
+    if (!p.grad().defined()) continue;
+    g.params.push_back(p);
+    g.grads.push_back(p.grad());
+    g.first.push_back(first_[i]);
+    g.second.push_back(second_[i]);
+  }
+  return g;
+}
+
+void Optimizer::adamw(Group& g, double lr, int64_t t) const {
+  at::_foreach_mul_(g.params, 1 - lr * config_.weight_decay);
+  at::_foreach_mul_(g.first, config_.beta1);
+  at::_foreach_add_(g.first, g.grads, 1 - config_.beta1);
+  at::_foreach_mul_(g.second, config_.beta2);
+  at::_foreach_addcmul_(g.second, g.grads, g.grads, 1 - config_.beta2);
+  const double c1 = 1 - std::pow(config_.beta1, t), c2 = 1 - std::pow(config_.beta2, t);
+  std::vector<at::Tensor> denom = at::_foreach_div(g.second, c2);
+  at::_foreach_sqrt_(denom);
+  at::_foreach_add_(denom, config_.eps);
+  at::_foreach_addcdiv_(g.params, g.first, denom, -lr / c1);
 }
 
 // LARS as EMP-SSL's reference wraps SGD: for every weight that is not 1-D (when excluded) and has non-zero
-// norms, g <- (g + wd*p) * min(eta*|p| / (|g| + wd*|p| + eps) / lr, 1). Weight decay lives only here.
-void Optimizer::lars_rescale(at::Tensor& grad, const at::Tensor& param, double lr) const {
-  if (config_.lars_exclude_1d && param.dim() == 1) return;
+// norms, g <- (g + wd*p) * min(eta*|p| / (|g| + wd*|p| + eps) / lr, 1). Weight decay lives only here. The
+// norms of all weights come from one call; the per-weight factors stay on the device as 0-d tensors.
+std::vector<at::Tensor> Optimizer::lars_rescaled(const Group& g, double lr) const {
+  std::vector<at::Tensor> out = g.grads;
+  std::vector<at::Tensor> params, grads;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    if (config_.lars_exclude_1d && g.params[i].dim() == 1) continue;
+    params.push_back(g.params[i]);
+    grads.push_back(g.grads[i]);
+    where.push_back(i);
+  }
+  if (params.empty()) return out;
   const double wd = config_.weight_decay;
-  const at::Tensor p_norm = param.norm(), g_norm = grad.norm();
+  const at::Tensor p_norm = at::stack(at::_foreach_norm(params)), g_norm = at::stack(at::_foreach_norm(grads));
   at::Tensor local = config_.lars_eta * p_norm / (g_norm + wd * p_norm + config_.eps);
   if (config_.lars_clip) local = (local / lr).clamp_max(1.0);
   const at::Tensor usable = p_norm.ne(0) & g_norm.ne(0);
-  grad = at::where(usable, (grad + wd * param) * local, grad);
+  const std::vector<at::Tensor> factor = at::where(usable, local, 1.0).unbind();
+  const std::vector<at::Tensor> decay = at::where(usable, local * wd, 0.0).unbind();
+  std::vector<at::Tensor> rescaled = at::_foreach_mul(grads, factor);
+  at::_foreach_addcmul_(rescaled, params, decay);
+  for (size_t k = 0; k < where.size(); ++k) out[where[k]] = rescaled[k];
+  return out;
+}
+
+void Optimizer::sgd(Group& g, double lr, bool first_step) const {
+  std::vector<at::Tensor> direction = g.grads;
+  if (config_.kind == "lars") {
+    direction = lars_rescaled(g, lr);
+  } else if (config_.weight_decay != 0) {
+    direction = at::_foreach_add(g.grads, g.params, config_.weight_decay);
+  }
+  if (config_.momentum != 0) {
+    // torch.optim.SGD: the buffer starts as the first gradient.
+    if (first_step) {
+      at::_foreach_copy_(g.first, direction);
+    } else {
+      at::_foreach_mul_(g.first, config_.momentum);
+      at::_foreach_add_(g.first, direction);
+    }
+    direction = config_.nesterov ? at::_foreach_add(direction, g.first, config_.momentum) : g.first;
+  }
+  at::_foreach_add_(g.params, direction, -lr);
 }
 
 void Optimizer::step(double lr) {
   c10::NoGradGuard no_grad;
-  const bool first_step = steps_.item<int64_t>() == 0;
+  const bool first_step = steps_.item<int64_t>() == 0;  // a CPU tensor: no device read
   steps_ += 1;
-  const int64_t t = steps_.item<int64_t>();
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    at::Tensor& p = parameters_[i].value();
-    if (!p.grad().defined()) continue;
-    at::Tensor g = p.grad();
-    if (config_.kind == "adamw") {
-      p.mul_(1 - lr * config_.weight_decay);
-      first_[i].mul_(config_.beta1).add_(g, 1 - config_.beta1);
-      second_[i].mul_(config_.beta2).addcmul_(g, g, 1 - config_.beta2);
-      const double c1 = 1 - std::pow(config_.beta1, t), c2 = 1 - std::pow(config_.beta2, t);
-      const at::Tensor denom = (second_[i] / c2).sqrt_().add_(config_.eps);
-      p.addcdiv_(first_[i], denom, -lr / c1);
-      continue;
-    }
-    if (config_.kind == "lars") {
-      lars_rescale(g, p, lr);
-    } else if (config_.weight_decay != 0) {
-      g = g + config_.weight_decay * p;
-    }
-    if (config_.momentum != 0) {
-      // torch.optim.SGD: the buffer starts as the first gradient.
-      if (first_step) first_[i].copy_(g);
-      else first_[i].mul_(config_.momentum).add_(g);
-      g = config_.nesterov ? g + config_.momentum * first_[i] : first_[i];
-    }
-    p.add_(g, -lr);
-  }
+  Group g = with_gradients();
+  if (g.params.empty()) return;
+  if (config_.kind == "adamw") adamw(g, lr, steps_.item<int64_t>());
+  else sgd(g, lr, first_step);
 }
 
 int64_t Optimizer::updates() const { return steps_.item<int64_t>(); }

@@ -1,5 +1,7 @@
 // The optimisers of the run file: SGD (momentum, Nesterov), LARS as EMP-SSL uses it (a wrapper that
-// rescales each weight's gradient before SGD), and AdamW. Their state is named tensors, checkpointed with
+// rescales each weight's gradient before SGD), and AdamW. Each update is a handful of `_foreach_` calls over
+// all parameters at once (one kernel per call where the device has multi-tensor kernels), and nothing in it
+// reads the device, so a CUDA step never waits for the host. Their state is named tensors, checkpointed with
 // everything else.
 #pragma once
 
@@ -23,7 +25,14 @@ class Optimizer {
   TensorMap state();
 
  private:
-  void lars_rescale(at::Tensor& grad, const at::Tensor& param, double lr) const;
+  // The parameters that have a gradient this update, with their gradients and state buffers.
+  struct Group {
+    std::vector<at::Tensor> params, grads, first, second;
+  };
+  Group with_gradients() const;
+  void adamw(Group& g, double lr, int64_t t) const;
+  void sgd(Group& g, double lr, bool first_step) const;
+  std::vector<at::Tensor> lars_rescaled(const Group& g, double lr) const;
 
   OptimizerConfig config_;
   TensorMap parameters_;
