@@ -1,13 +1,16 @@
 // On-device multi-view augmentation: shapes and ranges, identity when every transform is off, crop boxes
 // that follow the configured distribution, probabilities honoured, determinism; the padded crop (RandomCrop
-// with padding) exact, spread over every offset, and refused where contradictory or too large.
+// with padding) exact, spread over every offset, and refused where contradictory or too large; colour jitter
+// equal to a one-image-at-a-time replay of its draws, and HSV conversions equal to torchvision's.
 #include "torch_catch.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <functional>
 #include <string>
+#include <vector>
 
+#include "augment/colour_jitter.hpp"
 #include "augment/views.hpp"
 #include "failure.hpp"
 
@@ -59,6 +62,70 @@ int match_in_padded(const at::Tensor& view, const at::Tensor& image, int64_t pad
   };
   if (found(view)) return 1;
   return found(view.flip({2})) ? 2 : 0;
+}
+
+// torchvision's _rgb2hsv as written there, on [N, 3, H, W].
+at::Tensor torchvision_rgb2hsv(const at::Tensor& rgb) {
+  const at::Tensor r = rgb.select(1, 0), g = rgb.select(1, 1), b = rgb.select(1, 2);
+  const at::Tensor maxc = std::get<0>(rgb.max(1)), minc = std::get<0>(rgb.min(1));
+  const at::Tensor equal = maxc.eq(minc), cr = maxc - minc, ones = torch::ones_like(maxc);
+  const at::Tensor s = cr / torch::where(equal, ones, maxc);
+  const at::Tensor divisor = torch::where(equal, ones, cr);
+  const at::Tensor rc = (maxc - r) / divisor, gc = (maxc - g) / divisor, bc = (maxc - b) / divisor;
+  const at::Tensor hr = maxc.eq(r) * (bc - gc);
+  const at::Tensor hg = (maxc.eq(g) & maxc.ne(r)) * (2.0 + rc - bc);
+  const at::Tensor hb = (maxc.ne(g) & maxc.ne(r)) * (4.0 + gc - rc);
+  return torch::stack({((hr + hg + hb) / 6.0 + 1.0).remainder(1.0), s, maxc}, 1);
+}
+
+// torchvision's _hsv2rgb as written there: the six-sector table.
+at::Tensor torchvision_hsv2rgb(const at::Tensor& hsv) {
+  const at::Tensor h = hsv.select(1, 0), s = hsv.select(1, 1), v = hsv.select(1, 2);
+  const at::Tensor i = (h * 6.0).floor(), f = h * 6.0 - i;
+  const at::Tensor sector = i.to(torch::kInt).remainder(6);
+  const at::Tensor p = (v * (1.0 - s)).clamp(0, 1), q = (v * (1.0 - s * f)).clamp(0, 1),
+                   t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1);
+  const at::Tensor mask = sector.unsqueeze(1).eq(torch::arange(6, sector.options()).view({1, 6, 1, 1}));
+  const at::Tensor table = torch::stack({torch::stack({v, q, p, p, t, v}, 1), torch::stack({t, v, v, q, p, p}, 1),
+                                         torch::stack({p, p, t, v, v, q}, 1)}, 1);
+  return (mask.unsqueeze(1).to(hsv.scalar_type()) * table).sum(2);
+}
+
+at::Tensor luma(const at::Tensor& x) {
+  if (x.size(1) == 1) return x;
+  return (0.299 * x.select(1, 0) + 0.587 * x.select(1, 1) + 0.114 * x.select(1, 2)).unsqueeze(1);
+}
+
+// torchvision's ColorJitter replayed one image at a time from the batch's draws: each image's parts in its
+// order, each once (colour parts only on 3-channel images).
+at::Tensor jitter_one_by_one(const at::Tensor& x, const ColourJitterDraw& draw) {
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    at::Tensor image = x.slice(0, i, i + 1);
+    for (int64_t round = 0; round < 4; ++round) {
+      const int64_t part = draw.order[i][round].item<int64_t>();
+      const double f = draw.factors[i][part].item<double>();
+      if (part == 0) image = (f * image).clamp(0, 1);
+      if (part == 1) image = (f * image + (1 - f) * luma(image).mean()).clamp(0, 1);
+      if (x.size(1) == 1) continue;
+      if (part == 2) image = (f * image + (1 - f) * luma(image)).clamp(0, 1);
+      if (part == 3) {
+        const at::Tensor hsv = torchvision_rgb2hsv(image);
+        hsv.select(1, 0).add_(f).remainder_(1.0);
+        image = torchvision_hsv2rgb(hsv);
+      }
+    }
+    out.push_back(image);
+  }
+  return torch::cat(out);
+}
+
+ViewRecipe jitter_only(double probability) {
+  ViewRecipe r = all_off(8);
+  r.jitter = probability;
+  r.brightness = r.contrast = r.saturation = 0.4;
+  r.hue = 0.2;
+  return r;
 }
 
 }  // namespace
@@ -278,4 +345,65 @@ TEST_CASE("padded crop: padding with crop = true, or a window larger than the pa
   large.size = 40;  // exactly the padded image: the one window at offset 0
   const at::Tensor whole = make_views(large, random_images(2, 3, 32), g);
   CHECK(whole.sizes() == at::IntArrayRef({2, 3, 40, 40}));
+}
+
+
+TEST_CASE("HSV conversions equal torchvision's", "[augment]") {
+  const at::Tensor rgb = torch::rand({4, 3, 9, 9});
+  CHECK(torch::allclose(rgb_to_hsv(rgb), torchvision_rgb2hsv(rgb), 1e-5, 1e-5));
+  const at::Tensor hsv = torch::rand({4, 3, 9, 9});
+  CHECK(torch::allclose(hsv_to_rgb(hsv), torchvision_hsv2rgb(hsv), 1e-5, 1e-5));
+}
+
+TEST_CASE("colour jitter applies each image's parts once, in its own order", "[augment]") {
+  const ViewRecipe r = jitter_only(1.0);
+  auto g = generator(16);
+  const int64_t n = 48;
+  const ColourJitterDraw draw = draw_colour_jitter(n, r, g);
+  SECTION("colour images") {
+    const at::Tensor x = torch::rand({n, 3, 6, 6});
+    const at::Tensor out = apply_colour_jitter(x, draw);
+    CHECK(torch::allclose(out, jitter_one_by_one(x, draw), 1e-5, 1e-5));
+    // The replay is sensitive to the order: one fixed order for every image gives other images.
+    ColourJitterDraw fixed = draw;
+    fixed.order = torch::arange(4).expand({n, 4});
+    CHECK((out - jitter_one_by_one(x, fixed)).abs().max().item<double>() > 1e-2);
+    // colour_jitter draws then applies.
+    auto again = generator(16);
+    CHECK(torch::equal(colour_jitter(x, r, again), out));
+  }
+  SECTION("1-channel images: brightness and contrast only") {
+    const at::Tensor x = torch::rand({n, 1, 6, 6});
+    CHECK(torch::allclose(apply_colour_jitter(x, draw), jitter_one_by_one(x, draw), 1e-5, 1e-5));
+  }
+}
+
+TEST_CASE("colour jitter leaves an image unchanged where its apply draw is false", "[augment]") {
+  auto g = generator(17);
+  const int64_t n = 64;
+  const ColourJitterDraw draw = draw_colour_jitter(n, jitter_only(0.5), g);
+  const at::Tensor applied = draw.apply;
+  REQUIRE(applied.any().item<bool>());
+  REQUIRE_FALSE(applied.all().item<bool>());
+  const at::Tensor x = torch::rand({n, 3, 6, 6});
+  const at::Tensor out = apply_colour_jitter(x, draw);
+  CHECK(torch::equal(out.index({~applied}), x.index({~applied})));
+  const at::Tensor change = (out - x).abs().amax({1, 2, 3});
+  CHECK(change.index({applied}).min().item<double>() > 0);
+}
+
+TEST_CASE("colour jitter orders are a uniform random permutation per image", "[augment]") {
+  auto g = generator(18);
+  const int64_t n = 4000;
+  const at::Tensor order = draw_colour_jitter(n, jitter_only(0.8), g).order;
+  REQUIRE(order.sizes() == at::IntArrayRef({n, 4}));
+  CHECK(torch::equal(std::get<0>(order.sort(1)), torch::arange(4).expand({n, 4})));
+  const at::Tensor code = (order * torch::tensor({64, 16, 4, 1})).sum(1);
+  CHECK(std::get<0>(at::_unique(code)).size(0) == 24);  // every one of the 4! orders occurs
+  for (int64_t part = 0; part < 4; ++part) {
+    // Each part lands in each round about a quarter of the time.
+    const at::Tensor rounds = at::bincount(order.eq(part).to(torch::kLong).argmax(1), {}, 4).to(torch::kDouble) / n;
+    CHECK(rounds.min().item<double>() > 0.22);
+    CHECK(rounds.max().item<double>() < 0.28);
+  }
 }

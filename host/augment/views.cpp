@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "augment/colour_jitter.hpp"
+#include "augment/device_transfer.hpp"
 #include "failure.hpp"
 
 namespace cfamc::host {
@@ -18,16 +20,12 @@ at::Tensor bernoulli(int64_t n, double p, at::Generator& g) {
   return at::rand({n}, g, at::TensorOptions().dtype(at::kDouble)).lt(p);
 }
 
-at::Tensor to_gray(const at::Tensor& x) {
-  if (x.size(1) == 1) return x;
-  return (0.299 * x.select(1, 0) + 0.587 * x.select(1, 1) + 0.114 * x.select(1, 2)).unsqueeze(1);
-}
-
 // Per-sample column vector [N,1,1,1] for broadcasting over images.
 at::Tensor per_sample(const at::Tensor& v) { return v.view({-1, 1, 1, 1}); }
 
 // Crop (and flip) then resize with one bilinear grid_sample: an affine map from each output pixel centre
-// into its box, align_corners=False, as interpolating the cropped patch would (without antialiasing).
+// into its box, align_corners=False, as interpolating the cropped patch would (without antialiasing). The
+// maps are made on the CPU from the CPU draws and reach the device in one transfer.
 at::Tensor crop_flip_resize(const at::Tensor& x, const at::Tensor& boxes, const at::Tensor& flip, int64_t size) {
   const int64_t n = x.size(0);
   const double height = static_cast<double>(x.size(2)), width = static_cast<double>(x.size(3));
@@ -39,7 +37,8 @@ at::Tensor crop_flip_resize(const at::Tensor& x, const at::Tensor& boxes, const 
   theta.select(1, 0).select(1, 2).copy_((2 * left + w) / width - 1);
   theta.select(1, 1).select(1, 1).copy_(h / height);
   theta.select(1, 1).select(1, 2).copy_((2 * top + h) / height - 1);
-  const at::Tensor grid = at::affine_grid_generator(theta.to(x.options()), {n, x.size(1), size, size}, false);
+  const at::Tensor grid =
+      at::affine_grid_generator(on_device_of(x, theta).to(x.scalar_type()), {n, x.size(1), size, size}, false);
   return at::grid_sampler(x, grid, /*bilinear*/ 0, /*border*/ 1, /*align_corners=*/false);
 }
 
@@ -75,48 +74,7 @@ at::Tensor padded_crop_params(const ViewRecipe& r, const at::Tensor& x, const at
   const at::Tensor top = (u.select(1, 0) * static_cast<double>(spare_h + 1)).floor();
   const at::Tensor left = (u.select(1, 1) * static_cast<double>(spare_w + 1)).floor();
   // One transfer of every parameter to the images' device.
-  return at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong).to(x.device());
-}
-
-at::Tensor adjust_hue(const at::Tensor& x, const at::Tensor& shift) {
-  at::Tensor hsv = rgb_to_hsv(x);
-  const at::Tensor h = (hsv.select(1, 0) + shift.view({-1, 1, 1})).remainder(1.0);
-  return hsv_to_rgb(at::stack({h, hsv.select(1, 1), hsv.select(1, 2)}, 1));
-}
-
-// torchvision's ColorJitter with its four parts in a random order per image. Each round applies, to
-// every image, the part its order names for that round; the other parts get their identity factor.
-at::Tensor colour_jitter(at::Tensor x, const ViewRecipe& r, at::Generator& g) {
-  const int64_t n = x.size(0);
-  const at::Tensor apply = bernoulli(n, r.jitter, g);
-  const auto factor = [&](double v) {
-    return at::where(apply, uniform(n, std::max(0.0, 1 - v), 1 + v, g), at::ones({n}, at::kDouble));
-  };
-  const at::Tensor brightness = factor(r.brightness), contrast = factor(r.contrast),
-                   saturation = factor(r.saturation),
-                   hue = at::where(apply, uniform(n, -r.hue, r.hue, g), at::zeros({n}, at::kDouble));
-  const at::Tensor order = at::rand({n, 4}, g).argsort(1, /*descending=*/false);
-  // One transfer of every parameter to the images' device.
-  const at::Tensor params = at::cat({brightness.unsqueeze(1), contrast.unsqueeze(1), saturation.unsqueeze(1),
-                                     hue.unsqueeze(1), order.to(at::kDouble)}, 1)
-                                .to(x.device(), x.scalar_type());
-  const bool colour = x.size(1) == 3;
-  for (int64_t round = 0; round < 4; ++round) {
-    const at::Tensor part = params.select(1, 4 + round);
-    const auto chosen = [&](int64_t k, const at::Tensor& value, double identity) {
-      return per_sample(at::where(part.eq(k), value, at::full_like(value, identity)));
-    };
-    x = (x * chosen(0, params.select(1, 0), 1.0)).clamp(0, 1);
-    const at::Tensor c = chosen(1, params.select(1, 1), 1.0);
-    x = (c * x + (1 - c) * to_gray(x).mean({1, 2, 3}, true)).clamp(0, 1);
-    if (colour) {
-      const at::Tensor s = chosen(2, params.select(1, 2), 1.0);
-      x = (s * x + (1 - s) * to_gray(x)).clamp(0, 1);
-      const at::Tensor shift = params.select(1, 3) * part.eq(3);
-      x = at::where(per_sample(shift.ne(0)), adjust_hue(x, shift), x);
-    }
-  }
-  return x;
+  return on_device_of(x, at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong));
 }
 
 at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator& g) {
@@ -131,7 +89,7 @@ at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator
   at::Tensor kernel = (-(offsets.pow(2)).unsqueeze(0) / (2 * sigma.pow(2)).unsqueeze(1)).exp();
   kernel = kernel / kernel.sum(1, true);
   const at::Tensor identity = offsets.eq(0).to(at::kDouble).unsqueeze(0).expand({n, k});
-  kernel = at::where(apply.unsqueeze(1), kernel, identity).to(x.device(), x.scalar_type());
+  kernel = on_device_of(x, at::where(apply.unsqueeze(1), kernel, identity)).to(x.scalar_type());
   const at::Tensor weights = kernel.repeat_interleave(c, 0);  // [n*c, k]
   const int64_t pad = k / 2;
   at::Tensor y = x.reshape({1, n * c, x.size(2), x.size(3)});
@@ -172,35 +130,6 @@ at::Tensor sample_crop_boxes(int64_t height, int64_t width, int64_t n, const std
   return at::stack({top, left, box_h, box_w}, 1).to(at::kLong);
 }
 
-at::Tensor rgb_to_hsv(const at::Tensor& rgb) {
-  const at::Tensor r = rgb.select(1, 0), g = rgb.select(1, 1), b = rgb.select(1, 2);
-  const at::Tensor maxc = std::get<0>(rgb.max(1)), minc = std::get<0>(rgb.min(1));
-  const at::Tensor equal = maxc.eq(minc);
-  const at::Tensor cr = maxc - minc;
-  const at::Tensor ones = at::ones_like(maxc);
-  const at::Tensor s = cr / at::where(equal, ones, maxc);
-  const at::Tensor divisor = at::where(equal, ones, cr);
-  const at::Tensor rc = (maxc - r) / divisor, gc = (maxc - g) / divisor, bc = (maxc - b) / divisor;
-  const at::Tensor hr = maxc.eq(r) * (bc - gc);
-  const at::Tensor hg = (maxc.eq(g) & maxc.ne(r)) * (2.0 + rc - bc);
-  const at::Tensor hb = (maxc.ne(g) & maxc.ne(r)) * (4.0 + gc - rc);
-  const at::Tensor h = ((hr + hg + hb) / 6.0 + 1.0).fmod(1.0);
-  return at::stack({h, s, maxc}, 1);
-}
-
-at::Tensor hsv_to_rgb(const at::Tensor& hsv) {
-  const at::Tensor h = hsv.select(1, 0), s = hsv.select(1, 1), v = hsv.select(1, 2);
-  const at::Tensor i = (h * 6.0).floor();
-  const at::Tensor f = h * 6.0 - i;
-  const at::Tensor sector = i.to(at::kInt).remainder(6);
-  const at::Tensor p = (v * (1.0 - s)).clamp(0, 1), q = (v * (1.0 - s * f)).clamp(0, 1),
-                   t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1);
-  const at::Tensor mask = sector.unsqueeze(1).eq(at::arange(6, sector.options()).view({1, 6, 1, 1})).to(hsv.scalar_type());
-  const at::Tensor a1 = at::stack({v, q, p, p, t, v}, 1), a2 = at::stack({t, v, v, q, p, p}, 1),
-                   a3 = at::stack({p, p, t, v, v, q}, 1);
-  return (mask.unsqueeze(1) * at::stack({a1, a2, a3}, 1)).sum(2);
-}
-
 at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generator& g) {
   const int64_t batch = images.size(0), n = r.count * batch;
   // uint8 images are scaled to [0,1]; float images are taken as [0,1] already and stay differentiable, so an
@@ -212,21 +141,21 @@ at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generat
     x = pad_crop_flip(x, padded_crop_params(r, x, flip, g), r.padding, r.size);
   } else if (r.crop) {
     const at::Tensor boxes = sample_crop_boxes(x.size(2), x.size(3), n, r.scale, r.ratio, g);
-    x = crop_flip_resize(x, boxes.to(x.device()), flip.to(x.device()), r.size);
+    x = crop_flip_resize(x, boxes, flip, r.size);
   } else {
     if (x.size(2) != r.size || x.size(3) != r.size) {
       x = at::upsample_bilinear2d(x, {r.size, r.size}, /*align_corners=*/false);
     }
-    if (r.flip > 0) x = at::where(per_sample(flip.to(x.device())), x.flip({3}), x);
+    if (r.flip > 0) x = at::where(per_sample(on_device_of(x, flip)), x.flip({3}), x);
   }
   if (r.jitter > 0) x = colour_jitter(x, r, g);
   if (r.grayscale > 0 && x.size(1) == 3) {
-    const at::Tensor gray = bernoulli(n, r.grayscale, g).to(x.device());
+    const at::Tensor gray = on_device_of(x, bernoulli(n, r.grayscale, g));
     x = at::where(per_sample(gray), to_gray(x).expand_as(x), x);
   }
   if (r.blur > 0) x = gaussian_blur(x, r, g);
   if (r.solarize > 0) {
-    const at::Tensor solarize = per_sample(bernoulli(n, r.solarize, g).to(x.device()));
+    const at::Tensor solarize = per_sample(on_device_of(x, bernoulli(n, r.solarize, g)));
     x = at::where(solarize & x.ge(r.solarize_threshold), 1.0 - x, x);
   }
   return x;

@@ -21,8 +21,4 @@ at::Tensor make_views(const ViewRecipe& recipe, const at::Tensor& images, at::Ge
 at::Tensor sample_crop_boxes(int64_t height, int64_t width, int64_t n, const std::array<double, 2>& scale,
                              const std::array<double, 2>& ratio, at::Generator& generator);
 
-// torchvision's RGB <-> HSV on [N, 3, H, W] in [0,1].
-at::Tensor rgb_to_hsv(const at::Tensor& rgb);
-at::Tensor hsv_to_rgb(const at::Tensor& hsv);
-
 }  // namespace cfamc::host
