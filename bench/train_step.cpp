@@ -6,7 +6,11 @@
 // replays.
 //
 //   build/bin/bench_train_step --config RUN.toml [--set key=value]... [--unset key]... [--steps 20] [--warmup 3]
+//                              [--pure]
 //
+// --pure also times the step's floor: forward and backward alone (the objective's loss on one prepared batch,
+// as many times as the step replays, in the run's precision; no augmentation, attack or optimiser), and prints
+// the step's overhead over it.
 // The images are synthetic uint8 images of the run's dataset shape, held on the device (no dataset is read),
 // and the learning rate stays at [train] lr (a schedule changes no cost). The [attack] runs from the first
 // step whatever its from_epoch: `--unset attack` times clean training. An objective with a `pseudo_labels`
@@ -40,6 +44,7 @@ struct Settings {
   std::string config;
   std::vector<std::string> overrides, removals;
   int64_t steps = 20, warmup = 3;
+  bool pure = false;
 };
 
 void synchronise(const std::string& device) {
@@ -89,7 +94,7 @@ ResolvedRun resolve(Settings& s, const fs::path& scratch) {
 // What one step works on, made as the run makes it.
 struct Bench {
   ResolvedRun run;
-  std::string device;
+  Compute compute;
   Assembly assembly;
   std::vector<const ViewRecipe*> groups;
   at::Tensor images;  // uint8 [N, C, H, W] on the device
@@ -101,14 +106,16 @@ Bench assemble_bench(ResolvedRun run) {
     throw std::runtime_error(config.file + ": [[attack_schedule]] changes the attack between epochs; time one with "
                              "--unset attack_schedule and --set attack.plugin=... (or --unset attack: clean)");
   }
-  const std::string device = resolve_device(config.device, config.file);
+  const Compute compute = resolve_compute(config);
+  configure_device(compute);
+  const std::string& device = compute.device;
   Assembly assembly = assemble(config, run.registry, device);
   std::vector<const ViewRecipe*> groups = view_groups_of(config, *assembly.objective);
   ImageShape shape = image_shape(config.data.dataset);
   if (config.data.channels == "rgb") shape.channels = 3;
   const at::Tensor images = torch::randint(0, 256, {dataset_size(config), shape.channels, shape.height, shape.width},
                                            torch::TensorOptions().dtype(torch::kUInt8).device(device));
-  return Bench{std::move(run), device, std::move(assembly), std::move(groups), images};
+  return Bench{std::move(run), compute, std::move(assembly), std::move(groups), images};
 }
 
 // Seconds per phase over the timed steps.
@@ -116,7 +123,7 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   const RunConfig& config = b.run.config;
   const int64_t batch = config.train.batch_size;
   Optimizer optimizer(config.train.optimizer, b.assembly.trainable());
-  TrainStep step(*b.assembly.backbone, *b.assembly.objective, optimizer, config.training_attack(),
+  TrainStep step(*b.assembly.backbone, *b.assembly.objective, optimizer, config.training_attack(), b.compute.precision,
                  [lr = config.train.lr](int64_t) { return lr; });
   at::Generator augment = at::detail::createCPUGenerator(0);
   b.assembly.backbone->set_training(true);
@@ -125,17 +132,17 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   bool timed = false;
   auto mark = std::chrono::steady_clock::now();
   const auto phase_done = [&](const char* phase) {
-    synchronise(b.device);
+    synchronise(b.compute.device);
     if (timed) time[phase] += seconds_since(mark);
     mark = std::chrono::steady_clock::now();
   };
   step.set_phase_observer([&](StepPhase phase) {
     phase_done(phase == StepPhase::attack ? "attack" : phase == StepPhase::forward_backward ? "forward_backward" : "optimizer");
   });
-  const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(b.device);
+  const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(b.compute.device);
   for (int64_t i = 0; i < s.warmup + s.steps; ++i) {
     timed = i >= s.warmup;
-    synchronise(b.device);
+    synchronise(b.compute.device);
     mark = std::chrono::steady_clock::now();
     const int64_t first = (i * batch) % (b.images.size(0) - batch + 1);
     const at::Tensor indices = torch::arange(first, first + batch, index_options);
@@ -148,6 +155,34 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   }
   if (step.diverged()) throw std::runtime_error(config.file + ": the loss became NaN or infinite");
   return time;
+}
+
+// Seconds per step of forward and backward alone, on one batch prepared as the step prepares it.
+double time_forward_backward(const Settings& s, Bench& b) {
+  const RunConfig& config = b.run.config;
+  at::Generator augment = at::detail::createCPUGenerator(0);
+  const int64_t batch = config.train.batch_size;
+  TensorMap views;
+  for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, b.images.slice(0, 0, batch), augment));
+  const TensorMap inputs = b.assembly.objective->prepare(views, torch::arange(batch, torch::TensorOptions().dtype(torch::kLong).device(b.compute.device)));
+  const int32_t replays = b.assembly.attack ? b.assembly.attack->replays() : 1;
+  const c10::DeviceType device = c10::Device(b.compute.device).type();
+  double seconds = 0;
+  for (int64_t i = 0; i < s.warmup + s.steps; ++i) {
+    synchronise(b.compute.device);
+    const auto start = std::chrono::steady_clock::now();
+    for (int32_t r = 0; r < replays; ++r) {
+      at::Tensor loss;
+      {
+        const AutocastScope autocast(b.compute.precision, device, WeightCasts::cached);
+        loss = b.assembly.objective->loss(*b.assembly.backbone, inputs, TensorMap(), CFAMC_PHASE_TRAIN).loss;
+      }
+      loss.backward();
+    }
+    synchronise(b.compute.device);
+    if (i >= s.warmup) seconds += seconds_since(start);
+  }
+  return seconds / static_cast<double>(s.steps);
 }
 
 void report(const Settings& s, const Bench& b, std::map<std::string, double> time) {
@@ -163,8 +198,8 @@ void report(const Settings& s, const Bench& b, std::map<std::string, double> tim
   const Attack* attack = b.assembly.attack.get();
   const std::string attacked = attack ? attack->info().name + " (" + std::to_string(attack->replays()) + " replay(s))"
                                       : std::string("none");
-  std::printf("%s on %s: %s + %s, attack %s, batch %lld images x %s, %lld timed steps\n", config.file.c_str(),
-              b.device.c_str(), b.assembly.backbone->info().name.c_str(), b.assembly.objective->info().name.c_str(),
+  std::printf("%s on %s (%s): %s + %s, attack %s, batch %lld images x %s, %lld timed steps\n", config.file.c_str(),
+              b.compute.device.c_str(), name_of(b.compute.precision), b.assembly.backbone->info().name.c_str(), b.assembly.objective->info().name.c_str(),
               attacked.c_str(), static_cast<long long>(config.train.batch_size), groups.c_str(),
               static_cast<long long>(s.steps));
   const double images = static_cast<double>(s.steps * config.train.batch_size);
@@ -172,6 +207,11 @@ void report(const Settings& s, const Bench& b, std::map<std::string, double> tim
   for (const char* phase : {"augmentation", "attack", "forward_backward", "optimizer"}) {
     std::printf("  %-17s %.4f s  %5.1f%%\n", phase, time[phase] / s.steps, 100.0 * time[phase] / total);
   }
+}
+
+void report_overhead(std::map<std::string, double> time, double pure, int64_t steps) {
+  const double step = (time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"]) / steps;
+  std::printf("forward+backward alone %.4f s  |  step overhead %.3fx\n", pure, step / pure);
 }
 
 }  // namespace
@@ -184,11 +224,14 @@ int main(int argc, char** argv) {
   app.add_option("--unset", s.removals, "remove a run-file key or table, as cfamc-host --unset (repeatable)");
   app.add_option("--steps", s.steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", s.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+  app.add_flag("--pure", s.pure, "also time forward+backward alone and print the step's overhead over it");
   CLI11_PARSE(app, argc, argv);
   try {
     const ScratchFolder scratch;
     Bench bench = assemble_bench(resolve(s, scratch.path));
-    report(s, bench, time_steps(s, bench));
+    const std::map<std::string, double> time = time_steps(s, bench);
+    report(s, bench, time);
+    if (s.pure) report_overhead(time, time_forward_backward(s, bench), s.steps);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

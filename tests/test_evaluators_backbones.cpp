@@ -94,12 +94,13 @@ TEST_CASE("ResNets: torchvision's tensor names, one BatchNorm set per branch", "
   CHECK_THROWS(r18->forward(torch::rand({4, 3, 8, 8}), 2));
 }
 
-TEST_CASE("ResNets: channels-last changes the memory format, not the function", "[backbone][resnet]") {
-  const auto plain = backbone("preact_resnet18");
-  const auto last = backbone("preact_resnet18", "channels_last = true");
+TEST_CASE("ResNets: channels-last (the default) changes the memory format, not the function", "[backbone][resnet]") {
+  const auto plain = backbone("preact_resnet18", "channels_last = false");
+  const auto last = backbone("preact_resnet18");
   for (const auto& p : last->parameters()) {
     if (p.dim() == 4) CHECK(p.is_contiguous(torch::MemoryFormat::ChannelsLast));
   }
+  for (const auto& p : plain->parameters()) CHECK(p.is_contiguous());
   torch::NoGradGuard no_grad;
   plain->set_training(false);
   last->set_training(false);

@@ -64,18 +64,20 @@ std::string version_text() {
 // Creates every component once, so that a plugin that rejects an option value says so now.
 int validate(const Options& options) {
   ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
-  const std::string device = resolve_device(r.config.device, r.config.file);
+  const Compute compute = resolve_compute(r.config);
   const Assembly assembly = assemble(r.config, r.registry, "cpu");
   view_groups_of(r.config, *assembly.objective);
   open_init_checkpoint(r.config, assembly);
-  std::cout << r.config.file << ": ok (device " << device << ")\n";
+  std::cout << r.config.file << ": ok (device " << compute.device << ", precision " << name_of(compute.precision)
+            << ")\n";
   for (const auto& c : r.config.components) std::cout << "  " << c.label << " = " << c.plugin << "\n";
   return 0;
 }
 
 int run(const Options& options) {
   ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
-  const std::string device = resolve_device(r.config.device, r.config.file);
+  const Compute compute = resolve_compute(r.config);
+  configure_device(compute);
   const RunDirectory dir(r.config.dir);
   const toml::table resolved = r.config.resolved();
   if (options.resume) check_resume_changes(dir.resolved().string(), resolved, options.accept_changes);
@@ -84,17 +86,18 @@ int run(const Options& options) {
   write_file_atomically(dir.resolved(), text.str());
   log(LogLevel::info, "run directory: " + dir.path().string());
   watch_for_interruption();
-  run_training(r.config, r.registry, RunRequest{device, dir, options.resume, options.until_step, options.fresh});
+  run_training(r.config, r.registry, RunRequest{compute, dir, options.resume, options.until_step, options.fresh});
   return 0;
 }
 
 int evaluate(const Options& options) {
   ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
-  const std::string device = resolve_device(r.config.device, r.config.file);
+  const Compute compute = resolve_compute(r.config);
+  configure_device(compute);
   const RunDirectory dir(r.config.dir);
   std::optional<std::filesystem::path> checkpoint;
   if (!options.checkpoint.empty()) checkpoint = options.checkpoint;
-  evaluate_checkpoint(r.config, r.registry, EvaluateRequest{device, dir, checkpoint, options.controls});
+  evaluate_checkpoint(r.config, r.registry, EvaluateRequest{compute, dir, checkpoint, options.controls});
   return 0;
 }
 

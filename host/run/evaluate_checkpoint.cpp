@@ -56,9 +56,9 @@ void merge_into_summary(const fs::path& file, const json& eval) {
 void evaluate_checkpoint(const RunConfig& config, const Registry& registry, const EvaluateRequest& request) {
   const LoadedCheckpoint checkpoint = checkpoint_for(request);
   check_same_backbone(checkpoint.tensors, config, checkpoint.file);
-  const EvaluationData data = load_evaluation_data(config.data, request.device);
-  Assembly assembly = assemble(config, registry, request.device);
-  json eval = request.controls ? run_controls(assembly, data, config, registry, request.device, request.dir.path())
+  const EvaluationData data = load_evaluation_data(config.data, request.compute.device);
+  Assembly assembly = assemble(config, registry, request.compute.device);
+  json eval = request.controls ? run_controls(assembly, data, config, registry, request.compute, request.dir.path())
                                : json::object();
   load_component(*assembly.backbone, "backbone", checkpoint.tensors, checkpoint.file);
   if (same_objective(checkpoint, config)) {
@@ -72,7 +72,7 @@ void evaluate_checkpoint(const RunConfig& config, const Registry& registry, cons
   }
   const int64_t step = checkpoint_step(checkpoint.tensors);
   log(LogLevel::info, "evaluating " + checkpoint.file.string() + " (step " + std::to_string(step) + ")");
-  json trained = run_evaluation(assembly.evaluation, assembly, data, config, request.dir.path());
+  json trained = run_evaluation(assembly.evaluation, assembly, data, config, request.compute.precision, request.dir.path());
   for (auto& [id, metrics] : trained.items()) {  // the controls did not come from the checkpoint
     metrics["checkpoint"] = fs::absolute(checkpoint.file).lexically_normal().string();
     metrics["checkpoint_step"] = step;

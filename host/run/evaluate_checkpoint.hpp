@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "run/compute.hpp"
+
 namespace cfamc::host {
 
 struct RunConfig;
@@ -13,7 +15,7 @@ class Registry;
 class RunDirectory;
 
 struct EvaluateRequest {
-  std::string device;                             // resolved: "cpu", "cuda:0"
+  Compute compute;                                // device and precision, resolved
   const RunDirectory& dir;                        // locked by this process
   std::optional<std::filesystem::path> checkpoint;  // default: the newest in dir that verifies
   bool controls = false;                          // also the controls the evaluators ask for

@@ -129,7 +129,7 @@ EvaluationData load_evaluation_data(const DataConfig& config, const std::string&
 }
 
 json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, const EvaluationData& data,
-                    const RunConfig& config, const std::filesystem::path& run_dir) {
+                    const RunConfig& config, Precision precision, const std::filesystem::path& run_dir) {
   json results = json::object();
   for (const auto& [component, evaluator] : evaluation.evaluators) {
     const std::string id = component->id + suffix_of(evaluation.pass);
@@ -141,6 +141,8 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
     const auto start = std::chrono::steady_clock::now();
     const EncoderSnapshot snapshot(services.encoder());
     try {
+      // Evaluators train heads and fine-tune inside one call: every cast of a weight is made afresh.
+      const AutocastScope autocast(precision, data.test.images.device().type(), WeightCasts::recast);
       evaluator->evaluate(*services.get());
     } catch (...) {
       snapshot.restore();  // the next command in this process (a test, a later pass) sees the encoder intact
@@ -157,15 +159,15 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
 }
 
 json run_controls(const Assembly& assembly, const EvaluationData& data, const RunConfig& config,
-                  const Registry& registry, const std::string& device, const std::filesystem::path& run_dir) {
+                  const Registry& registry, const Compute& compute, const std::filesystem::path& run_dir) {
   json results = json::object();
   int64_t pixels_dim = 1;
   for (int64_t size : image_shape(data)) pixels_dim *= size;
   for (const auto& [pass, feature_dim] : {std::pair{EvaluationPass::untrained, assembly.backbone->feature_dim()},
                                           std::pair{EvaluationPass::pixels, pixels_dim}}) {
-    const Evaluation controls = assemble_evaluation(config, registry, device, feature_dim, pass);
+    const Evaluation controls = assemble_evaluation(config, registry, compute.device, feature_dim, pass);
     if (controls.evaluators.empty()) continue;
-    results.update(run_evaluation(controls, assembly, data, config, run_dir));
+    results.update(run_evaluation(controls, assembly, data, config, compute.precision, run_dir));
   }
   return results;
 }

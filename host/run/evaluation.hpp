@@ -9,6 +9,7 @@
 
 #include "eval/eval_services.hpp"
 #include "run/assembly.hpp"
+#include "run/compute.hpp"
 
 namespace cfamc::host {
 
@@ -24,13 +25,13 @@ EvaluationData load_evaluation_data(const DataConfig& config, const std::string&
 
 // Runs every evaluator of `evaluation` against its pass's encoder (the run's, or the pixels). Results are
 // keyed by evaluator id with the pass's suffix ("_untrained", "_pixels" for the controls); artifacts go to
-// run_dir/artifacts/<id><suffix>/.
+// run_dir/artifacts/<id><suffix>/. Each evaluator runs under autocast when `precision` is bf16.
 nlohmann::json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, const EvaluationData& data,
-                              const RunConfig& config, const std::filesystem::path& run_dir);
+                              const RunConfig& config, Precision precision, const std::filesystem::path& run_dir);
 
 // Every control the evaluators ask for, each pass with evaluators and attacks of its own (the untrained
 // encoder, then the pixels), before the first step; their results together.
 nlohmann::json run_controls(const Assembly& assembly, const EvaluationData& data, const RunConfig& config,
-                            const Registry& registry, const std::string& device, const std::filesystem::path& run_dir);
+                            const Registry& registry, const Compute& compute, const std::filesystem::path& run_dir);
 
 }  // namespace cfamc::host

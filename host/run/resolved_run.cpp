@@ -19,6 +19,8 @@ ResolvedRun resolve_run(const std::filesystem::path& path, const std::vector<std
   return ResolvedRun{std::move(config), std::move(registry)};
 }
 
+namespace {
+
 std::string resolve_device(const std::string& requested, const std::string& file) {
   if (requested == "auto") return at::hasCUDA() ? "cuda:0" : "cpu";
   c10::Device device(c10::kCPU);
@@ -31,6 +33,17 @@ std::string resolve_device(const std::string& requested, const std::string& file
     fail(ExitCode::usage, file + ": run.device = \"" + requested + "\" but this machine has no CUDA device");
   }
   return device.str();
+}
+
+}  // namespace
+
+void configure_device(const Compute& compute) {
+  if (c10::Device(compute.device).is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+}
+
+Compute resolve_compute(const RunConfig& config) {
+  const std::string device = resolve_device(config.device, config.file);
+  return {device, resolve_precision(config.precision, device, config.file)};
 }
 
 }  // namespace cfamc::host

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "plugins/registry.hpp"
+#include "run/compute.hpp"
 #include "run/run_config.hpp"
 
 namespace cfamc::host {
@@ -22,8 +23,13 @@ struct ResolvedRun {
 ResolvedRun resolve_run(const std::filesystem::path& path, const std::vector<std::string>& overrides,
                         const std::vector<std::string>& removals);
 
-// "auto" -> the GPU when there is one; an explicit CUDA device that is not there is the user's error
-// (Failure(usage) naming `file`).
-std::string resolve_device(const std::string& requested, const std::string& file);
+// [run] device and precision made concrete: device "auto" -> the GPU when there is one (an explicit CUDA
+// device that is not there is the user's error), precision as resolve_precision decides for that device.
+// Failure(usage) naming the run file.
+Compute resolve_compute(const RunConfig& config);
+
+// Process-wide settings for computing on `compute`'s device: on CUDA, cuDNN benchmark mode (a step's shapes
+// are fixed, so the fastest algorithm found once serves every step).
+void configure_device(const Compute& compute);
 
 }  // namespace cfamc::host

@@ -26,6 +26,7 @@ void read_run_and_plugins(RunConfig& config, const RunFile& run_file) {
   config.dir = resolved_value<std::string>(run, "dir");
   config.seed = resolved_value<int64_t>(run, "seed");
   config.device = resolved_value<std::string>(run, "device");
+  config.precision = resolved_value<std::string>(run, "precision");
   config.tensorboard = resolved_value<bool>(run, "tensorboard");
   const toml::table& given = section_table(run_file, "plugins");
   resolve_options(given, plugins_section_schema(), "plugins", run_file.file);  // checks the types
@@ -151,6 +152,9 @@ Schema run_section_schema() {
       {"dir", CFAMC_OPTION_STRING, "\"runs/default\"", "the run directory (created; resolved.toml and logs go there)"},
       {"seed", CFAMC_OPTION_INT, "0", "seed of every random stream of the run"},
       {"device", CFAMC_OPTION_STRING, "\"auto\"", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\""},
+      {"precision", CFAMC_OPTION_STRING, "\"auto\"",
+       "\"bf16\" (autocast: convolutions and matrix products in bfloat16), \"fp32\", or \"auto\": bf16 where the device "
+       "computes it natively (CUDA compute capability 8.0+, a CPU with AVX512-BF16 or AMX), fp32 elsewhere"},
       {"tensorboard", CFAMC_OPTION_BOOL, "true",
        "also write every metrics.jsonl scalar and the final evaluation as TensorBoard event files in <dir>/tensorboard/"},
   };
@@ -234,7 +238,8 @@ const ComponentConfig* RunConfig::find(Role role) const {
 
 toml::table RunConfig::resolved() const {
   toml::table out;
-  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}, {"tensorboard", tensorboard}});
+  out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}, {"precision", precision},
+                                 {"tensorboard", tensorboard}});
   toml::array paths;
   for (const auto& p : plugin_paths) paths.push_back(p);
   out.insert("plugins", toml::table{{"paths", paths}});

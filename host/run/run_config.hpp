@@ -76,7 +76,8 @@ struct RunConfig {
   std::string file;
   std::string dir;
   int64_t seed = 0;
-  std::string device;  // as written: "auto", "cpu", "cuda", "cuda:1"
+  std::string device;     // as written: "auto", "cpu", "cuda", "cuda:1"
+  std::string precision;  // as written: "auto", "bf16", "fp32"
   bool tensorboard = true;
   std::vector<std::string> plugin_paths;
   DataConfig data;

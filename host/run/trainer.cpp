@@ -109,8 +109,8 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       registry_(registry),
       request_(request),
       attack_config_(config.training_attack()),
-      data_(load_evaluation_data(config.data, request.device)),
-      assembly_(assemble(config, registry, request.device)),
+      data_(load_evaluation_data(config.data, request.compute.device)),
+      assembly_(assemble(config, registry, request.compute.device)),
       groups_(view_groups_of(config, *assembly_.objective)),
       train_(config.train),
       sampler_(data_.pretrain.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
@@ -119,7 +119,7 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       optimizer_(train_.optimizer, assembly_.trainable()),
       augment_(at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"))),
       state_(config, assembly_, optimizer_, augment_),
-      step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_,
+      step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_, request.compute.precision,
                    [this](int64_t update) { return schedule_lr(update); }) {
   for (const ViewRecipe* recipe : groups_) views_per_image_ += recipe->count;
   set_steps_per_epoch(train_, steps_per_epoch_);
@@ -134,7 +134,7 @@ double TrainingRun::schedule_lr(int64_t update) const {
 }
 
 void TrainingRun::start() {
-  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.device);
+  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.compute.device);
   if (request_.resume && resume()) return;
   start_fresh();
 }
@@ -161,7 +161,7 @@ bool TrainingRun::resume() {
 void TrainingRun::start_fresh() {
   const std::optional<TensorMap> init = open_init_checkpoint(config_, assembly_);
   request_.dir.prepare_fresh_start(request_.fresh, config_.file);
-  controls_ = run_controls(assembly_, data_, config_, registry_, request_.device, request_.dir.path());
+  controls_ = run_controls(assembly_, data_, config_, registry_, request_.compute, request_.dir.path());
   write_file_atomically(request_.dir.untrained(), controls_.dump(2));
   // After the controls, which measure the network as its seed made it.
   if (init) apply_init_checkpoint(config_, assembly_, *init);
@@ -178,7 +178,7 @@ const Attack* TrainingRun::attack_at(int64_t epoch) const {
 }
 
 TensorMap TrainingRun::next_inputs() {
-  const at::Tensor indices = sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_).to(request_.device);
+  const at::Tensor indices = sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_).to(request_.compute.device);
   const at::Tensor images = data_.pretrain.images.index_select(0, indices);
   TensorMap views;
   for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_));
@@ -194,7 +194,8 @@ std::string TrainingRun::describe() const {
              (replays > 1 ? ", " + std::to_string(replays) + " replays per minibatch" : "");
   }
   return "training " + std::to_string(total_) + " steps (" + std::to_string(steps_per_epoch_) + " per epoch) of " +
-         std::to_string(train_.batch_size) + " images x " + std::to_string(views_per_image_) + " views" + attack;
+         std::to_string(train_.batch_size) + " images x " + std::to_string(views_per_image_) + " views" + attack +
+         ", " + name_of(request_.compute.precision) + " on " + request_.compute.device;
 }
 
 bool TrainingRun::train() {
@@ -305,13 +306,14 @@ void TrainingRun::log_metrics(const LossResult& result) {
 }
 
 void TrainingRun::finish() {
-  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.dir.path());
+  json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.compute.precision, request_.dir.path());
   for (auto& [id, metrics] : controls_.items()) eval[id] = metrics;
   const StepCounts& counts = step_runner_.counts();
   const double images = static_cast<double>((step_ - first_step_) * train_.batch_size);
   const double crops = static_cast<double>(counts.backward_passes * train_.batch_size * views_per_image_);
   json run = {{"seed", config_.seed},
-              {"device", request_.device},
+              {"device", request_.compute.device},
+              {"precision", name_of(request_.compute.precision)},
               {"run_file", config_.file},
               {"versions", {{"cfamc", CFAMC_VERSION}, {"libtorch", CFAMC_TORCH_VERSION}, {"cuda_build", CFAMC_TORCH_CUDA_VERSION}}},
               {"wall_seconds", seconds_since(wall_start_)},

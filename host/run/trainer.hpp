@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <string>
 
+#include "run/compute.hpp"
+
 namespace cfamc::host {
 
 struct RunConfig;
@@ -13,7 +15,7 @@ class Registry;
 class RunDirectory;
 
 struct RunRequest {
-  std::string device;  // resolved: "cpu", "cuda:0"
+  Compute compute;          // device and precision, resolved
   const RunDirectory& dir;  // locked by this process
   bool resume = false;      // continue from the newest checkpoint that verifies
   int64_t until_step = 0;  // > 0: checkpoint and stop after this step, as a time-limited job would

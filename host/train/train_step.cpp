@@ -9,11 +9,12 @@
 namespace cfamc::host {
 
 TrainStep::TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer,
-                     TrainingAttackConfig attack_config, LearningRate learning_rate)
+                     TrainingAttackConfig attack_config, Precision precision, LearningRate learning_rate)
     : backbone_(backbone),
       objective_(objective),
       optimizer_(optimizer),
       attack_config_(attack_config),
+      precision_(precision),
       learning_rate_(std::move(learning_rate)),
       attacked_(objective.attacked_inputs()) {}
 
@@ -25,11 +26,18 @@ LossResult TrainStep::run(const TensorMap& inputs, const Attack* attack) {
   return result;
 }
 
-LossResult TrainStep::replay(const TensorMap& inputs, const Attack* attack) {
-  optimizer_.zero_grad();
-  const TensorMap adversarial = attack ? perturb(*attack, inputs) : TensorMap();
+std::pair<TensorMap, LossResult> TrainStep::forward(const TensorMap& inputs, const Attack* attack) {
+  const c10::DeviceType device = inputs.is_empty() ? c10::kCPU : inputs.front().value().device().type();
+  const AutocastScope autocast(precision_, device, WeightCasts::cached);
+  TensorMap adversarial = attack ? perturb(*attack, inputs) : TensorMap();
   finished(StepPhase::attack);
   LossResult result = objective_.loss(backbone_, inputs, adversarial, CFAMC_PHASE_TRAIN);
+  return {std::move(adversarial), std::move(result)};
+}
+
+LossResult TrainStep::replay(const TensorMap& inputs, const Attack* attack) {
+  optimizer_.zero_grad();
+  auto [adversarial, result] = forward(inputs, attack);
   result.loss.backward();
   ++counts_.backward_passes;
   if (attack && attack->observes()) {

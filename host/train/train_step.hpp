@@ -1,11 +1,14 @@
 // One training step on one minibatch, as both the run's loop and bench/train_step run it: for each replay
-// of the attack (once when training clean) attack -> loss -> backward -> observe -> update.
+// of the attack (once when training clean) attack -> loss -> backward -> observe -> update. In bf16 the
+// attack and the loss's forward pass run under autocast, one scope per replay: the weights change at every
+// update, so the casts autocast keeps of them must not outlive it.
 #pragma once
 
 #include <functional>
 
 #include "plugins/components.hpp"
 #include "train/optimizer.hpp"
+#include "train/precision.hpp"
 
 namespace cfamc::host {
 
@@ -22,8 +25,8 @@ class TrainStep {
   using LearningRate = std::function<double(int64_t update)>;
   using PhaseObserver = std::function<void(StepPhase finished)>;
 
-  TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer,
-            TrainingAttackConfig attack_config, LearningRate learning_rate);
+  TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer, TrainingAttackConfig attack_config,
+            Precision precision, LearningRate learning_rate);
 
   // Trains on `inputs` (the objective's prepared minibatch) against `attack` (null: clean) and returns the
   // last replay's loss. Failure(plugin) when the objective names an attacked input it did not prepare.
@@ -44,6 +47,8 @@ class TrainStep {
   TensorMap attacked_inputs(const TensorMap& inputs) const;
   TensorMap perturb(const Attack& attack, const TensorMap& inputs);
   LossResult replay(const TensorMap& inputs, const Attack* attack);
+  // The attack's perturbation (empty when clean) and the objective's loss on it.
+  std::pair<TensorMap, LossResult> forward(const TensorMap& inputs, const Attack* attack);
   void set_encoder_training(bool training);
   void finished(StepPhase phase) const {
     if (observer_) observer_(phase);
@@ -53,6 +58,7 @@ class TrainStep {
   Objective& objective_;
   Optimizer& optimizer_;
   TrainingAttackConfig attack_config_;
+  Precision precision_;
   LearningRate learning_rate_;
   std::vector<std::string> attacked_;
   at::Tensor nonfinite_;  // on the loss's device, so that no step waits for it

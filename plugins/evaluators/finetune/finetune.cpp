@@ -8,6 +8,7 @@
 // accuracy under each of the evaluator's attacks on the first `robust_max_images` test images beside the
 // clean accuracy of exactly those images.
 #include <cfamc/plugin.hpp>
+#include <cfamc/precision.hpp>
 
 #include <torch/torch.h>
 
@@ -27,10 +28,10 @@ at::Tensor per_sample_cross_entropy(const at::Tensor& logits, const at::Tensor& 
 
 // KL(softmax(natural) || softmax(adversarial)) per sample, summed over classes: what PyTorch's
 // KLDivLoss(log_softmax(adversarial), softmax(natural)) sums. From log-probabilities, so that a vanishing
-// natural probability contributes 0 rather than 0 * log 0.
+// natural probability contributes 0 rather than 0 * log 0. In float32 under any precision.
 at::Tensor per_sample_kl(const at::Tensor& natural_logits, const at::Tensor& adversarial_logits) {
-  const at::Tensor log_p = torch::log_softmax(natural_logits, 1);
-  return (log_p.exp() * (log_p - torch::log_softmax(adversarial_logits, 1))).sum(1);
+  const at::Tensor log_p = torch::log_softmax(cfamc::widened(natural_logits), 1);
+  return (log_p.exp() * (log_p - torch::log_softmax(cfamc::widened(adversarial_logits), 1))).sum(1);
 }
 
 double fraction(const at::Tensor& correct) { return correct.to(torch::kDouble).mean().item<double>(); }

@@ -121,9 +121,7 @@ class Acl : public cfamc::Objective {
   // NT-Xent of (x1, x2) with every BatchNorm of the backbone and the projector in set `branch`.
   at::Tensor pair_loss(const cfamc::Encoder& encoder, const at::Tensor& x1, const at::Tensor& x2, int32_t branch) {
     const at::Tensor features = encoder(torch::cat({x1, x2}, 0), branch);
-    const at::Tensor z = torch::nn::functional::normalize(projector_->forward(features, branch),
-                                                          torch::nn::functional::NormalizeFuncOptions().dim(1));
-    return cfamc::nt_xent(z, 2, temperature_);
+    return cfamc::nt_xent(cfamc::unit_rows(projector_->forward(features, branch)), 2, temperature_);
   }
 
   std::string group_;

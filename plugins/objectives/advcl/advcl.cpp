@@ -204,8 +204,7 @@ class AdvCl : public cfamc::Objective {
 
   // L2-normalised projection of x, backbone and projector in BatchNorm set `branch`.
   at::Tensor embed(const cfamc::Encoder& encoder, const at::Tensor& x, int32_t branch) {
-    return torch::nn::functional::normalize(projector_->forward(encoder(x, branch), branch),
-                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
+    return cfamc::unit_rows(projector_->forward(encoder(x, branch), branch));
   }
 
   void load_pseudo_labels(const std::string& path) {

@@ -1,6 +1,7 @@
 // EMP-SSL (Tong et al. 2023): many crops per image; the loss rewards a large total coding rate of each
 // crop's embeddings and the agreement of every crop's embedding with the mean over crops. Its robust
 // variants (Ghofrani & Jamshidi 2025, CF-AMC-SSL) attack all crops against the same loss.
+#include <cfamc/contrastive.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -9,7 +10,6 @@
 
 namespace {
 
-namespace F = torch::nn::functional;
 using cfamc::emp_ssl::invariance;
 using cfamc::emp_ssl::total_coding_rate;
 
@@ -72,7 +72,7 @@ class EmpSsl : public cfamc::Objective {
   at::Tensor loss(const cfamc::Encoder& encoder, const cfamc::TensorMap& clean, const cfamc::TensorMap& adversarial,
                   cfamc_phase, cfamc::TensorMap& log) override {
     const at::Tensor& x = adversarial.contains("crops") ? adversarial["crops"] : clean["crops"];
-    const at::Tensor z = F::normalize(projection_->forward(pre_feature_->forward(encoder(x))), F::NormalizeFuncOptions().dim(1));
+    const at::Tensor z = cfamc::unit_rows(projection_->forward(pre_feature_->forward(encoder(x))));
     const at::Tensor per_crop = z.view({crops_, -1, z.size(1)});
     const at::Tensor tcr = total_coding_rate(per_crop, eps_).mean();
     const at::Tensor agreement = invariance(per_crop);

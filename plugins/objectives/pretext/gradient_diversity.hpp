@@ -3,9 +3,10 @@
 // (+ 1e-10); the normalised gradients of sample n are the columns of G_n [D, T]; the penalty is the mean over
 // the samples of log det(G_n^T G_n + 1e-5 I): about log T - (T - 1) log 1e5 when the T tasks' gradients coincide,
 // about 0 when they are orthogonal. Differentiable (twice, when the gradients carry their graphs). Plain LibTorch, so tests can
-// drive it.
+// drive it. In float32 under any precision: a determinant near 1e-10 has no digits left in bfloat16.
 #pragma once
 
+#include <cfamc/precision.hpp>
 #include <torch/torch.h>
 
 #include <vector>
@@ -13,9 +14,10 @@
 namespace cfamc::pretext {
 
 inline at::Tensor gradient_diversity(const std::vector<at::Tensor>& gradients) {
+  const cfamc::Float32Region float32;
   std::vector<at::Tensor> columns;
   for (const at::Tensor& gradient : gradients) {
-    const at::Tensor flat = gradient.flatten(1);
+    const at::Tensor flat = cfamc::widened(gradient).flatten(1);
     columns.push_back(flat / (flat.norm(2, {1}, /*keepdim=*/true) + 1e-10));
   }
   const at::Tensor g = torch::stack(columns, 2);  // [N, D, T]

@@ -79,8 +79,11 @@ class SelfieTaskImpl : public torch::nn::Module {
     const at::Tensor& masked = clean[role_.prefix + "masked"];
     const at::Tensor embeddings = patch_embeddings(encoder, image);
     const at::Tensor queries = pooling_->queries(embeddings, clean[role_.prefix + "visible"], masked);
-    at::Tensor logits = queries.bmm(select_patches(embeddings, masked).transpose(1, 2));  // [N, query, candidate]
-    if (settings_.double_softmax) logits = torch::softmax(logits, 2);
+    // Raw dot products of unnormalised embeddings reach the hundreds: in float32, or bfloat16's rounding of
+    // them (about 1 in 256) would be the size of the differences the cross-entropy learns from.
+    const cfamc::Float32Region float32;
+    at::Tensor logits = cfamc::widened(queries).bmm(cfamc::widened(select_patches(embeddings, masked)).transpose(1, 2));
+    if (settings_.double_softmax) logits = torch::softmax(logits, 2);  // [N, query, candidate]
     const at::Tensor targets = torch::arange(kMasked, masked.options()).repeat({masked.size(0)});
     return logged_cross_entropy(logits.reshape({-1, kMasked}), targets, role_, term, log, kMasked);
   }

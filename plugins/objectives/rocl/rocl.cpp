@@ -89,8 +89,7 @@ class Rocl : public cfamc::Objective {
  private:
   // L2-normalised projections of the views, concatenated view-major.
   at::Tensor embed(const cfamc::Encoder& encoder, const std::vector<at::Tensor>& views) {
-    return torch::nn::functional::normalize(projector_->forward(encoder(torch::cat(views, 0))),
-                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
+    return cfamc::unit_rows(projector_->forward(encoder(torch::cat(views, 0))));
   }
 
   at::Tensor nt_xent(const at::Tensor& z, int64_t views) const {

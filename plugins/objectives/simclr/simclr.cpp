@@ -62,8 +62,7 @@ class SimCLR : public cfamc::Objective {
         batch.push_back(adversarial.contains(key) ? adversarial[key] : clean[key]);
       }
     }
-    const at::Tensor z = torch::nn::functional::normalize(
-        projector_->forward(encoder(torch::cat(batch, 0))), torch::nn::functional::NormalizeFuncOptions().dim(1));
+    const at::Tensor z = cfamc::unit_rows(projector_->forward(encoder(torch::cat(batch, 0))));
     at::Tensor value = nt_xent(z, static_cast<int64_t>(batch.size()), temperature_);
     log.insert("nt_xent", value.detach());
     return value;

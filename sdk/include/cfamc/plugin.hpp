@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cfamc/cfamc.h>
+#include <cfamc/precision.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
@@ -269,6 +270,8 @@ class Encoder {
   const cfamc_encoder* encoder_;
 };
 
+// What an attack asks of the thing it attacks. Losses and logits come back in float32 even when the oracle
+// computed them under a bf16 run's autocast, so an attack's margins and buffers keep float32 arithmetic.
 class Oracle {
  public:
   explicit Oracle(const cfamc_oracle* oracle) : oracle_(oracle) {}
@@ -288,7 +291,7 @@ class Oracle {
     NamedTensorsView view(inputs);
     cfamc_tensor* out = nullptr;
     check(fn(oracle_->self, view.get(), &out));
-    return adopt(out);
+    return widened(adopt(out));
   }
   const cfamc_oracle* oracle_;
 };
