@@ -6,7 +6,7 @@
 #include <array>
 #include <optional>
 
-#include "augment/device_transfer.hpp"
+#include <cfamc/transfer.hpp>
 
 namespace cfamc::host {
 namespace {
@@ -130,7 +130,7 @@ at::Tensor apply_colour_jitter(const at::Tensor& images, const ColourJitterDraw&
                    means = coefficients.select(1, 2).ne(0).any(1);
   // One transfer of every parameter to the images' device.
   const at::Tensor packed =
-      on_device_of(images, at::cat({coefficients.flatten(), hue.shifts, hue.images.to(at::kDouble)}));
+      cfamc::on_device_of(images, at::cat({coefficients.flatten(), hue.shifts, hue.images.to(at::kDouble)}));
   const at::Tensor values = packed.narrow(0, 0, coefficients.numel() + shifted).to(images.scalar_type());
   const at::Tensor akm = values.narrow(0, 0, coefficients.numel()).view(coefficients.sizes());
   const at::Tensor shifts = values.narrow(0, coefficients.numel(), shifted);

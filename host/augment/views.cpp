@@ -6,7 +6,7 @@
 #include <string>
 
 #include "augment/colour_jitter.hpp"
-#include "augment/device_transfer.hpp"
+#include <cfamc/transfer.hpp>
 #include "failure.hpp"
 
 namespace cfamc::host {
@@ -38,7 +38,7 @@ at::Tensor crop_flip_resize(const at::Tensor& x, const at::Tensor& boxes, const 
   theta.select(1, 1).select(1, 1).copy_(h / height);
   theta.select(1, 1).select(1, 2).copy_((2 * top + h) / height - 1);
   const at::Tensor grid =
-      at::affine_grid_generator(on_device_of(x, theta).to(x.scalar_type()), {n, x.size(1), size, size}, false);
+      at::affine_grid_generator(cfamc::on_device_of(x, theta).to(x.scalar_type()), {n, x.size(1), size, size}, false);
   return at::grid_sampler(x, grid, /*bilinear*/ 0, /*border*/ 1, /*align_corners=*/false);
 }
 
@@ -74,7 +74,7 @@ at::Tensor padded_crop_params(const ViewRecipe& r, const at::Tensor& x, const at
   const at::Tensor top = (u.select(1, 0) * static_cast<double>(spare_h + 1)).floor();
   const at::Tensor left = (u.select(1, 1) * static_cast<double>(spare_w + 1)).floor();
   // One transfer of every parameter to the images' device.
-  return on_device_of(x, at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong));
+  return cfamc::on_device_of(x, at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong));
 }
 
 at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator& g) {
@@ -89,7 +89,7 @@ at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator
   at::Tensor kernel = (-(offsets.pow(2)).unsqueeze(0) / (2 * sigma.pow(2)).unsqueeze(1)).exp();
   kernel = kernel / kernel.sum(1, true);
   const at::Tensor identity = offsets.eq(0).to(at::kDouble).unsqueeze(0).expand({n, k});
-  kernel = on_device_of(x, at::where(apply.unsqueeze(1), kernel, identity)).to(x.scalar_type());
+  kernel = cfamc::on_device_of(x, at::where(apply.unsqueeze(1), kernel, identity)).to(x.scalar_type());
   const at::Tensor weights = kernel.repeat_interleave(c, 0);  // [n*c, k]
   const int64_t pad = k / 2;
   at::Tensor y = x.reshape({1, n * c, x.size(2), x.size(3)});
@@ -146,16 +146,16 @@ at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generat
     if (x.size(2) != r.size || x.size(3) != r.size) {
       x = at::upsample_bilinear2d(x, {r.size, r.size}, /*align_corners=*/false);
     }
-    if (r.flip > 0) x = at::where(per_sample(on_device_of(x, flip)), x.flip({3}), x);
+    if (r.flip > 0) x = at::where(per_sample(cfamc::on_device_of(x, flip)), x.flip({3}), x);
   }
   if (r.jitter > 0) x = colour_jitter(x, r, g);
   if (r.grayscale > 0 && x.size(1) == 3) {
-    const at::Tensor gray = on_device_of(x, bernoulli(n, r.grayscale, g));
+    const at::Tensor gray = cfamc::on_device_of(x, bernoulli(n, r.grayscale, g));
     x = at::where(per_sample(gray), to_gray(x).expand_as(x), x);
   }
   if (r.blur > 0) x = gaussian_blur(x, r, g);
   if (r.solarize > 0) {
-    const at::Tensor solarize = per_sample(on_device_of(x, bernoulli(n, r.solarize, g)));
+    const at::Tensor solarize = per_sample(cfamc::on_device_of(x, bernoulli(n, r.solarize, g)));
     x = at::where(solarize & x.ge(r.solarize_threshold), 1.0 - x, x);
   }
   return x;

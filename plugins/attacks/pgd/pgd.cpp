@@ -6,6 +6,7 @@
 // start at x + sigma * N(0,1), as TRADES's inner maximisation does (Zhang et al. 2019: sigma 0.001).
 #include <cfamc/plugin.hpp>
 #include <cfamc/random.hpp>
+#include <cfamc/transfer.hpp>
 
 #include <torch/torch.h>
 
@@ -111,7 +112,7 @@ class ProjectedAscent {
       const at::Tensor radius = s_.epsilon * torch::rand({x.size(0), 1}, *generator, flat.options()).pow(1.0 / flat.size(1));
       delta = (flat / flat.norm(2, 1, true).clamp_min(1e-12) * radius).view_as(x);
     }
-    delta = delta.to(x.device());
+    delta = cfamc::on_device_of(x, delta);
     return (x + delta).clamp(0, 1) - x;
   }
 
@@ -121,7 +122,7 @@ class ProjectedAscent {
   at::Tensor normal_delta(const at::Tensor& x) {
     at::Tensor delta = torch::empty(x.sizes(), x.options().device(torch::kCPU));
     delta.normal_(0, s_.normal_start, *rng_.lease());
-    delta = delta.to(x.device());
+    delta = cfamc::on_device_of(x, delta);
     if (s_.linf) {
       delta = delta.clamp(-s_.epsilon, s_.epsilon);
     } else {

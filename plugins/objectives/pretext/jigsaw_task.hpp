@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cfamc/random.hpp>
+#include <cfamc/transfer.hpp>
 
 #include <set>
 
@@ -54,7 +55,7 @@ class JigsawTaskImpl : public torch::nn::Module {
                          "view group '" + group + "' has images " + c10::str(images.sizes()) +
                              "; the 4x4 tile grid needs a side divisible by 4: set views." + group + ".size");
     }
-    const at::Tensor labels = draw_labels(images.size(0)).to(images.device());
+    const at::Tensor labels = cfamc::on_device_of(images, draw_labels(images.size(0)));
     inputs.insert(kInput, shuffle_tiles(images, tile_orders_.index_select(0, labels)));
     inputs.insert(label_name(), labels);
   }

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cfamc/random.hpp>
+#include <cfamc/transfer.hpp>
 
 #include "pretext_terms.hpp"
 
@@ -39,7 +40,7 @@ class RotationTaskImpl : public torch::nn::Module {
                                                            "' must hold square images [N, C, S, S], got " +
                                                            c10::str(images.sizes()));
     }
-    const at::Tensor labels = balanced_labels(images.size(0)).to(images.device());
+    const at::Tensor labels = cfamc::on_device_of(images, balanced_labels(images.size(0)));
     inputs.insert(kInput, rotate(images, labels));
     inputs.insert(label_name(), labels);
   }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cfamc/random.hpp>
+#include <cfamc/transfer.hpp>
 
 #include "attention_pooling.hpp"
 #include "pretext_terms.hpp"
@@ -65,7 +66,7 @@ class SelfieTaskImpl : public torch::nn::Module {
     at::Tensor order;
     {
       torch::NoGradGuard no_grad;
-      order = torch::randperm(kPatches, *rng_->lease(), torch::kLong).to(images.device());
+      order = cfamc::on_device_of(images, torch::randperm(kPatches, *rng_->lease(), torch::kLong));
     }
     const int64_t n = images.size(0);
     inputs.insert(kInput, images);
