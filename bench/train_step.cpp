@@ -16,6 +16,7 @@
 // step whatever its from_epoch: `--unset attack` times clean training. An objective with a `pseudo_labels`
 // option (AdvCL) gets random labels for the synthetic images, one set for each K of its `k` option.
 #include <ATen/CPUGeneratorImpl.h>
+#include <cfamc/transfer.hpp>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -124,7 +125,7 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   const int64_t batch = config.train.batch_size;
   Optimizer optimizer(config.train.optimizer, b.assembly.trainable());
   TrainStep step(*b.assembly.backbone, *b.assembly.objective, optimizer, config.training_attack(), b.compute.precision,
-                 [lr = config.train.lr](int64_t) { return lr; });
+                 c10::Device(b.compute.device).type(), [lr = config.train.lr](int64_t) { return lr; });
   at::Generator augment = at::detail::createCPUGenerator(0);
   b.assembly.backbone->set_training(true);
   b.assembly.objective->set_training(true);
@@ -139,13 +140,12 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   step.set_phase_observer([&](StepPhase phase) {
     phase_done(phase == StepPhase::attack ? "attack" : phase == StepPhase::forward_backward ? "forward_backward" : "optimizer");
   });
-  const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(b.compute.device);
   for (int64_t i = 0; i < s.warmup + s.steps; ++i) {
     timed = i >= s.warmup;
     synchronise(b.compute.device);
     mark = std::chrono::steady_clock::now();
     const int64_t first = (i * batch) % (b.images.size(0) - batch + 1);
-    const at::Tensor indices = torch::arange(first, first + batch, index_options);
+    const at::Tensor indices = cfamc::on_device_of(b.images, torch::arange(first, first + batch, torch::kLong));
     const at::Tensor images = b.images.slice(0, first, first + batch);
     TensorMap views;
     for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, images, augment));
@@ -174,7 +174,7 @@ double time_forward_backward(const Settings& s, Bench& b) {
     for (int32_t r = 0; r < replays; ++r) {
       at::Tensor loss;
       {
-        const AutocastScope autocast(b.compute.precision, device, WeightCasts::cached);
+        const AutocastScope autocast(b.compute.precision, device);
         loss = b.assembly.objective->loss(*b.assembly.backbone, inputs, TensorMap(), CFAMC_PHASE_TRAIN).loss;
       }
       loss.backward();

@@ -53,31 +53,35 @@ TEST_CASE("precision: a bf16 scope computes products in bfloat16 and restores th
   torch::nn::Linear linear(4, 3);
   const at::Tensor x = torch::rand({2, 4});
   {
-    const AutocastScope autocast(Precision::bf16, c10::kCPU, WeightCasts::cached);
+    const AutocastScope autocast(Precision::bf16, c10::kCPU);
     CHECK(linear->forward(x).scalar_type() == torch::kBFloat16);
     {
-      const AutocastScope fp32(Precision::fp32, c10::kCPU, WeightCasts::cached);  // an fp32 scope changes nothing
+      const AutocastScope fp32(Precision::fp32, c10::kCPU);  // an fp32 scope changes nothing
       CHECK(linear->forward(x).scalar_type() == torch::kBFloat16);
     }
   }
   CHECK_FALSE(at::autocast::is_autocast_enabled(c10::kCPU));
-  CHECK(at::autocast::is_autocast_cache_enabled());
+  CHECK(at::autocast::is_autocast_cache_enabled());  // as it was before the scope
   CHECK(linear->forward(x).scalar_type() == torch::kFloat);
 }
 
-// Autocast may keep its bfloat16 copy of a weight for the rest of a scope; evaluators, which train heads inside
-// one call, get recast scopes, where a weight updated in place is seen at the next product.
-TEST_CASE("precision: a recast scope sees a weight updated inside it", "[precision]") {
+// A scope keeps no bfloat16 copies of weights: an evaluator that updates its head in place sees the new weight
+// at the next product, and a forward under no-grad (PGD's restarts) leaves the next one its gradient.
+TEST_CASE("precision: inside a scope an updated weight is seen and a no-grad forward leaves the gradient", "[precision]") {
   torch::nn::Linear linear(4, 1);
   const at::Tensor x = torch::ones({1, 4});
-  const AutocastScope autocast(Precision::bf16, c10::kCPU, WeightCasts::recast);
-  const at::Tensor before = linear->forward(x).to(torch::kFloat);
+  const AutocastScope autocast(Precision::bf16, c10::kCPU);
+  at::Tensor before;
   {
     torch::NoGradGuard no_grad;
+    before = linear->forward(x).to(torch::kFloat);
     linear->weight.add_(1.0);
   }
   const at::Tensor after = linear->forward(x).to(torch::kFloat);
   CHECK((after - before).item<double>() == Approx(4.0).margin(0.05));
+  after.sum().backward();
+  REQUIRE(linear->weight.grad().defined());
+  CHECK(torch::allclose(linear->weight.grad(), torch::ones({1, 4})));
 }
 
 // The losses widen bfloat16 embeddings and compute in float32 with autocast off: the same values as the
@@ -86,7 +90,7 @@ TEST_CASE("precision: NT-Xent and the coding rate compute in float32 inside a bf
   const at::Tensor z = cfamc::unit_rows(torch::randn({12, 32})).to(torch::kBFloat16);
   const at::Tensor expected_nt_xent = cfamc::nt_xent(z.to(torch::kFloat), 2, 0.1);
   const at::Tensor expected_tcr = cfamc::emp_ssl::total_coding_rate(z.to(torch::kFloat).view({2, 6, 32}), 0.2);
-  const AutocastScope autocast(Precision::bf16, c10::kCPU, WeightCasts::cached);
+  const AutocastScope autocast(Precision::bf16, c10::kCPU);
   const at::Tensor nt_xent = cfamc::nt_xent(z, 2, 0.1);
   const at::Tensor tcr = cfamc::emp_ssl::total_coding_rate(z.view({2, 6, 32}), 0.2);
   CHECK(nt_xent.scalar_type() == torch::kFloat);
@@ -114,7 +118,7 @@ TEST_CASE("precision: emp_ssl and simclr losses in bf16 agree with fp32 within 1
     const TensorMap inputs = objective->prepare(views, torch::arange(8));
     torch::NoGradGuard no_grad;
     const double fp32 = objective->loss(*backbone, inputs, TensorMap(), CFAMC_PHASE_TRAIN).loss.item<double>();
-    const AutocastScope autocast(Precision::bf16, c10::kCPU, WeightCasts::cached);
+    const AutocastScope autocast(Precision::bf16, c10::kCPU);
     const at::Tensor bf16 = objective->loss(*backbone, inputs, TensorMap(), CFAMC_PHASE_TRAIN).loss;
     CAPTURE(fp32, bf16.item<double>());
     CHECK(bf16.scalar_type() == torch::kFloat);
@@ -131,7 +135,7 @@ TEST_CASE("precision: a bf16 training step keeps float32 weights and ends with a
   for (const Component* c : {static_cast<const Component*>(backbone.get()), static_cast<const Component*>(objective.get())})
     for (const auto& item : c->tensors(CFAMC_ROLE_PARAMETER)) trainable.insert(item.key() + std::to_string(trainable.size()), item.value());
   Optimizer optimizer(train_defaults().optimizer, trainable);
-  TrainStep step(*backbone, *objective, optimizer, TrainingAttackConfig{false, 0, false}, Precision::bf16,
+  TrainStep step(*backbone, *objective, optimizer, TrainingAttackConfig{false, 0, false}, Precision::bf16, c10::kCPU,
                  [](int64_t) { return 0.1; });
   const TensorMap inputs = objective->prepare(crops_of(2, 16), torch::arange(8));
   const at::Tensor before = trainable[0].value().clone();
@@ -151,18 +155,26 @@ TEST_CASE("precision: resnet weight gradients of a strided block on a 1x1 map in
   auto backbone = make<Backbone>(CFAMC_KIND_BACKBONE, "resnet18");
   backbone->set_training(false);
   const at::Tensor x = torch::randn({64, 128, 1, 1}), direction = torch::randn({64, 256, 1, 1});
-  const at::Tensor weight = backbone->tensors(CFAMC_ROLE_PARAMETER)["layer3.0.conv1.weight"];
-  std::vector<at::Tensor> gradients;
+  // Every weight of the strided block: the 3x3 convolution that runs unstrided, and the strided 1x1 shortcut.
+  std::vector<at::Tensor> weights;
+  for (const auto& item : backbone->tensors(CFAMC_ROLE_PARAMETER))
+    if (item.key().rfind("layer3.0.", 0) == 0 && item.value().dim() == 4) weights.push_back(item.value());
+  REQUIRE(weights.size() == 3);
+  std::vector<std::vector<at::Tensor>> gradients(2);
   for (const Precision precision : {Precision::fp32, Precision::bf16}) {
-    if (weight.grad().defined()) weight.mutable_grad().zero_();
+    for (const at::Tensor& w : weights)
+      if (w.grad().defined()) w.mutable_grad().zero_();
     {
-      const AutocastScope autocast(precision, c10::kCPU, WeightCasts::cached);
+      const AutocastScope autocast(precision, c10::kCPU);
       (backbone->forward_stages(x, 2, 3).to(torch::kFloat) * direction).sum().backward();
     }
-    gradients.push_back(weight.grad().clone());
+    for (const at::Tensor& w : weights) gradients[precision == Precision::bf16].push_back(w.grad().clone());
   }
-  const double scale = gradients[0].norm().item<double>(), error = (gradients[1] - gradients[0]).norm().item<double>();
-  CAPTURE(scale, error);
-  CHECK(scale > 0);
-  CHECK(error < 0.15 * scale);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const double scale = gradients[0][i].norm().item<double>();
+    const double error = (gradients[1][i] - gradients[0][i]).norm().item<double>();
+    CAPTURE(i, scale, error);
+    CHECK(scale > 0);
+    CHECK(error < 0.15 * scale);
+  }
 }

@@ -141,8 +141,7 @@ json run_evaluation(const Evaluation& evaluation, const Assembly& assembly, cons
     const auto start = std::chrono::steady_clock::now();
     const EncoderSnapshot snapshot(services.encoder());
     try {
-      // Evaluators train heads and fine-tune inside one call: every cast of a weight is made afresh.
-      const AutocastScope autocast(precision, data.test.images.device().type(), WeightCasts::recast);
+      const AutocastScope autocast(precision, data.test.images.device().type());
       evaluator->evaluate(*services.get());
     } catch (...) {
       snapshot.restore();  // the next command in this process (a test, a later pass) sees the encoder intact

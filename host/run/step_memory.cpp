@@ -96,8 +96,10 @@ int64_t peak_bytes_of(const c10::Device& device, const std::function<void()>& bo
 }
 
 // Peak bytes of a forward and backward through `backbone` of `views` views of side `size`.
-int64_t probe(Backbone& backbone, int64_t views, int64_t channels, int64_t size, const c10::Device& device) {
+int64_t probe(Backbone& backbone, int64_t views, int64_t channels, int64_t size, const c10::Device& device,
+              Precision precision) {
   return peak_bytes_of(device, [&] {
+    const AutocastScope autocast(precision, device.type());
     const at::Tensor x = at::ones({views, channels, size, size}, at::TensorOptions().device(device)).requires_grad_(true);
     const at::Tensor features = backbone.forward(x, 0);
     torch::autograd::grad({features.sum()}, {x});
@@ -126,15 +128,16 @@ std::string gib(double bytes) {
 }  // namespace
 
 void check_step_memory(Backbone& backbone, const std::vector<const ViewRecipe*>& groups, int64_t channels,
-                       int64_t batch_size, const std::string& device_name) {
+                       int64_t batch_size, const Compute& compute) {
+  const std::string& device_name = compute.device;
   const c10::Device device(device_name);
   backbone.set_training(false);  // no running statistics change; training sets its own mode when it starts
   double needed = 0, fixed = 0;
   std::string largest;
   double largest_bytes = -1;
   for (const ViewRecipe* group : groups) {
-    const int64_t two = probe(backbone, 2, channels, group->size, device);
-    const int64_t four = probe(backbone, 4, channels, group->size, device);
+    const int64_t two = probe(backbone, 2, channels, group->size, device, compute.precision);
+    const int64_t four = probe(backbone, 4, channels, group->size, device, compute.precision);
     const double per_view = std::max<double>(four - two, 0) / 2 + 3.0 * 4 * channels * group->size * group->size;
     fixed = std::max<double>(fixed, two - 2 * per_view);
     const double bytes = per_view * static_cast<double>(batch_size * group->count);

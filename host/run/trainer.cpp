@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <cfamc/transfer.hpp>
 
 #include <chrono>
 #include <csignal>
@@ -120,7 +121,7 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       augment_(at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"))),
       state_(config, assembly_, optimizer_, augment_),
       step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_, request.compute.precision,
-                   [this](int64_t update) { return schedule_lr(update); }) {
+                   c10::Device(request.compute.device).type(), [this](int64_t update) { return schedule_lr(update); }) {
   for (const ViewRecipe* recipe : groups_) views_per_image_ += recipe->count;
   set_steps_per_epoch(train_, steps_per_epoch_);
   // With m replays every minibatch makes m updates; the schedule spans them all, unless the reference's
@@ -134,7 +135,7 @@ double TrainingRun::schedule_lr(int64_t update) const {
 }
 
 void TrainingRun::start() {
-  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.compute.device);
+  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.compute);
   if (request_.resume && resume()) return;
   start_fresh();
 }
@@ -178,7 +179,8 @@ const Attack* TrainingRun::attack_at(int64_t epoch) const {
 }
 
 TensorMap TrainingRun::next_inputs() {
-  const at::Tensor indices = sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_).to(request_.compute.device);
+  const at::Tensor indices =
+      cfamc::on_device_of(data_.pretrain.images, sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_));
   const at::Tensor images = data_.pretrain.images.index_select(0, indices);
   TensorMap views;
   for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_));

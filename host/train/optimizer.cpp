@@ -59,12 +59,12 @@ void Optimizer::adamw(Group& g, double lr, int64_t t) const {
 std::vector<at::Tensor> Optimizer::lars_rescaled(const Group& g, double lr) const {
   std::vector<at::Tensor> out = g.grads;
   std::vector<at::Tensor> params, grads;
-  std::vector<size_t> where;
+  std::vector<size_t> lars_positions;
   for (size_t i = 0; i < g.params.size(); ++i) {
     if (config_.lars_exclude_1d && g.params[i].dim() == 1) continue;
     params.push_back(g.params[i]);
     grads.push_back(g.grads[i]);
-    where.push_back(i);
+    lars_positions.push_back(i);
   }
   if (params.empty()) return out;
   const double wd = config_.weight_decay;
@@ -76,7 +76,7 @@ std::vector<at::Tensor> Optimizer::lars_rescaled(const Group& g, double lr) cons
   const std::vector<at::Tensor> decay = at::where(usable, local * wd, 0.0).unbind();
   std::vector<at::Tensor> rescaled = at::_foreach_mul(grads, factor);
   at::_foreach_addcmul_(rescaled, params, decay);
-  for (size_t k = 0; k < where.size(); ++k) out[where[k]] = rescaled[k];
+  for (size_t k = 0; k < lars_positions.size(); ++k) out[lars_positions[k]] = rescaled[k];
   return out;
 }
 

@@ -1,7 +1,8 @@
 // The optimisers of the run file: SGD (momentum, Nesterov), LARS as EMP-SSL uses it (a wrapper that
 // rescales each weight's gradient before SGD), and AdamW. Each update is a handful of `_foreach_` calls over
-// all parameters at once (one kernel per call where the device has multi-tensor kernels), and nothing in it
-// reads the device, so a CUDA step never waits for the host. Their state is named tensors, checkpointed with
+// all parameters at once (on CUDA one multi-tensor kernel per call, except the two that apply LARS's per-weight
+// factors, which LibTorch runs weight by weight), and nothing in it reads the device, so a CUDA step never
+// waits for the host. Their state is named tensors, checkpointed with
 // everything else.
 #pragma once
 

@@ -35,7 +35,7 @@ Precision resolve_precision(const std::string& requested, const std::string& dev
 
 const char* name_of(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
 
-AutocastScope::AutocastScope(Precision precision, c10::DeviceType device, WeightCasts casts)
+AutocastScope::AutocastScope(Precision precision, c10::DeviceType device)
     : active_(precision == Precision::bf16),
       device_(device),
       was_enabled_(at::autocast::is_autocast_enabled(device)),
@@ -44,7 +44,7 @@ AutocastScope::AutocastScope(Precision precision, c10::DeviceType device, Weight
   if (!active_) return;
   at::autocast::set_autocast_enabled(device_, true);
   at::autocast::set_autocast_dtype(device_, at::kBFloat16);
-  at::autocast::set_autocast_cache_enabled(casts == WeightCasts::cached && cache_was_enabled_);
+  at::autocast::set_autocast_cache_enabled(false);
   at::autocast::increment_nesting();
 }
 

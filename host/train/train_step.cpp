@@ -9,12 +9,14 @@
 namespace cfamc::host {
 
 TrainStep::TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer,
-                     TrainingAttackConfig attack_config, Precision precision, LearningRate learning_rate)
+                     TrainingAttackConfig attack_config, Precision precision, c10::DeviceType device,
+                     LearningRate learning_rate)
     : backbone_(backbone),
       objective_(objective),
       optimizer_(optimizer),
       attack_config_(attack_config),
       precision_(precision),
+      device_(device),
       learning_rate_(std::move(learning_rate)),
       attacked_(objective.attacked_inputs()) {}
 
@@ -26,9 +28,8 @@ LossResult TrainStep::run(const TensorMap& inputs, const Attack* attack) {
   return result;
 }
 
-std::pair<TensorMap, LossResult> TrainStep::forward(const TensorMap& inputs, const Attack* attack) {
-  const c10::DeviceType device = inputs.is_empty() ? c10::kCPU : inputs.front().value().device().type();
-  const AutocastScope autocast(precision_, device, WeightCasts::cached);
+std::pair<TensorMap, LossResult> TrainStep::attack_and_loss(const TensorMap& inputs, const Attack* attack) {
+  const AutocastScope autocast(precision_, device_);
   TensorMap adversarial = attack ? perturb(*attack, inputs) : TensorMap();
   finished(StepPhase::attack);
   LossResult result = objective_.loss(backbone_, inputs, adversarial, CFAMC_PHASE_TRAIN);
@@ -37,7 +38,7 @@ std::pair<TensorMap, LossResult> TrainStep::forward(const TensorMap& inputs, con
 
 LossResult TrainStep::replay(const TensorMap& inputs, const Attack* attack) {
   optimizer_.zero_grad();
-  auto [adversarial, result] = forward(inputs, attack);
+  auto [adversarial, result] = attack_and_loss(inputs, attack);
   result.loss.backward();
   ++counts_.backward_passes;
   if (attack && attack->observes()) {

@@ -25,8 +25,9 @@ class TrainStep {
   using LearningRate = std::function<double(int64_t update)>;
   using PhaseObserver = std::function<void(StepPhase finished)>;
 
+  // `precision` on `device`: the arithmetic of the attack and the loss (the device the inputs live on).
   TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer, TrainingAttackConfig attack_config,
-            Precision precision, LearningRate learning_rate);
+            Precision precision, c10::DeviceType device, LearningRate learning_rate);
 
   // Trains on `inputs` (the objective's prepared minibatch) against `attack` (null: clean) and returns the
   // last replay's loss. Failure(plugin) when the objective names an attacked input it did not prepare.
@@ -47,8 +48,8 @@ class TrainStep {
   TensorMap attacked_inputs(const TensorMap& inputs) const;
   TensorMap perturb(const Attack& attack, const TensorMap& inputs);
   LossResult replay(const TensorMap& inputs, const Attack* attack);
-  // The attack's perturbation (empty when clean) and the objective's loss on it.
-  std::pair<TensorMap, LossResult> forward(const TensorMap& inputs, const Attack* attack);
+  // The attack's perturbation (empty when clean) and the objective's loss on it, in the run's precision.
+  std::pair<TensorMap, LossResult> attack_and_loss(const TensorMap& inputs, const Attack* attack);
   void set_encoder_training(bool training);
   void finished(StepPhase phase) const {
     if (observer_) observer_(phase);
@@ -59,6 +60,7 @@ class TrainStep {
   Optimizer& optimizer_;
   TrainingAttackConfig attack_config_;
   Precision precision_;
+  c10::DeviceType device_;
   LearningRate learning_rate_;
   std::vector<std::string> attacked_;
   at::Tensor nonfinite_;  // on the loss's device, so that no step waits for it

@@ -1,6 +1,7 @@
 // Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018, as EMP-SSL reports it):
 // cosine similarity to every training feature, the k most similar vote with weight exp(sim / T).
 #include <cfamc/plugin.hpp>
+#include <cfamc/precision.hpp>
 
 #include <torch/torch.h>
 
@@ -53,7 +54,9 @@ class KNN : public cfamc::Evaluator {
     int64_t correct = 0;
     for (int64_t start = 0; start < test_images.size(0); start += batch_size_) {
       const at::Tensor query = features(services, test_images.slice(0, start, start + batch_size_));
-      const auto [similarity, index] = torch::matmul(query, bank.t()).topk(k, 1);
+      // Similarities divided by a temperature of 0.07 and exponentiated: float32 in a bf16 run.
+      const cfamc::Float32Region float32;
+      const auto [similarity, index] = torch::matmul(cfamc::widened(query), cfamc::widened(bank).t()).topk(k, 1);
       const at::Tensor weights = (similarity / temperature_).exp();
       const at::Tensor votes = torch::zeros({query.size(0), classes}, weights.options())
                                    .scatter_add_(1, train_labels.index({index}), weights);

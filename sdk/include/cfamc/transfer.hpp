@@ -10,7 +10,7 @@ namespace cfamc {
 // host); one from pinned memory is asynchronous, and the caching host allocator keeps the pinned buffer alive
 // until the copy has run. Use it for what a training step draws on the CPU.
 inline at::Tensor on_device_of(const at::Tensor& like, const at::Tensor& cpu) {
-  if (!like.is_cuda()) return cpu.to(like.device());
+  if (!like.is_cuda() || !cpu.is_cpu()) return cpu.to(like.device());
   return cpu.pin_memory().to(like.device(), cpu.scalar_type(), /*non_blocking=*/true);
 }
 
