@@ -317,7 +317,7 @@ TEST_CASE("a learning rate that blows the weights up exits 5, not as a plugin er
 }
 
 TEST_CASE("a step too large for the machine is refused before training, naming the keys to lower", "[run][safety]") {
-  for (const char* views : {"--set views.crops.count=10000 --set objective.num_crops=10000",
+  for (const char* views : {"--set views.crops.count=100000 --set objective.num_crops=100000",
                             "--set views.crops.size=2000 --set train.batch_size=400"}) {
     INFO(views);
     TinyRun tiny;

@@ -71,7 +71,8 @@ class TrainingRun {
   void start_fresh();
   const Attack* attack_at(int64_t epoch) const;
   LossResult step(const Attack* attack);
-  void stop_if_interrupted();
+  // Failure(interrupted / terminated) when `signal` (interruption()'s value) is not 0.
+  void stop_if_interrupted(int signal);
   [[noreturn]] void diverged(const std::string& what_became, int64_t step);
   std::string describe() const;
   TensorMap next_inputs();
@@ -226,9 +227,12 @@ bool TrainingRun::train() {
     }
     const LossResult result = step(attack);
     ++step_;
-    const bool stop_now = step_ == request_.until_step || interruption() != 0;
+    // One reading of the flag decides both the checkpoint and the exit: a signal arriving in between would
+    // otherwise stop the run without the checkpoint it was promised.
+    const int signal = interruption();
+    const bool stop_now = step_ == request_.until_step || signal != 0;
     after_step(result, stop_now);
-    stop_if_interrupted();
+    stop_if_interrupted(signal);
     if (stop_now && step_ < total_) {
       progress_->finish();
       log(LogLevel::info, "stopped after step " + std::to_string(step_) + " as asked (--until-step); continue with --resume");
@@ -237,7 +241,7 @@ bool TrainingRun::train() {
   }
   progress_->finish();
   train_seconds_ = seconds_since(train_start_);
-  stop_if_interrupted();
+  stop_if_interrupted(interruption());  // the last step always wrote a checkpoint
   return true;
 }
 
@@ -252,8 +256,7 @@ LossResult TrainingRun::step(const Attack* attack) {
   }
 }
 
-void TrainingRun::stop_if_interrupted() {
-  const int signal = interruption();
+void TrainingRun::stop_if_interrupted(int signal) {
   if (signal == 0) return;
   if (progress_) progress_->finish();
   const std::string where = last_checkpoint_ ? "; checkpoint " + last_checkpoint_->string() + "; continue with --resume"
