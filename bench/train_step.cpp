@@ -119,6 +119,20 @@ Bench assemble_bench(ResolvedRun run) {
   return Bench{std::move(run), compute, std::move(assembly), std::move(groups), images};
 }
 
+// The objective's inputs for the minibatch of images [first, first + batch), made as the run makes them.
+TensorMap prepared_batch(Bench& b, int64_t first, at::Generator& augment) {
+  const int64_t batch = b.run.config.train.batch_size;
+  const at::Tensor indices = cfamc::on_device_of(b.images, torch::arange(first, first + batch, torch::kLong));
+  const at::Tensor images = b.images.slice(0, first, first + batch);
+  TensorMap views;
+  for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, images, augment));
+  return b.assembly.objective->prepare(views, indices);
+}
+
+double total_seconds(std::map<std::string, double> time) {
+  return time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
+}
+
 // Seconds per phase over the timed steps.
 std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
   const RunConfig& config = b.run.config;
@@ -144,12 +158,7 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
     timed = i >= s.warmup;
     synchronise(b.compute.device);
     mark = std::chrono::steady_clock::now();
-    const int64_t first = (i * batch) % (b.images.size(0) - batch + 1);
-    const at::Tensor indices = cfamc::on_device_of(b.images, torch::arange(first, first + batch, torch::kLong));
-    const at::Tensor images = b.images.slice(0, first, first + batch);
-    TensorMap views;
-    for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, images, augment));
-    const TensorMap inputs = b.assembly.objective->prepare(views, indices);
+    const TensorMap inputs = prepared_batch(b, (i * batch) % (b.images.size(0) - batch + 1), augment);
     phase_done("augmentation");
     step.run(inputs, b.assembly.attack.get());
   }
@@ -159,12 +168,8 @@ std::map<std::string, double> time_steps(const Settings& s, Bench& b) {
 
 // Seconds per step of forward and backward alone, on one batch prepared as the step prepares it.
 double time_forward_backward(const Settings& s, Bench& b) {
-  const RunConfig& config = b.run.config;
   at::Generator augment = at::detail::createCPUGenerator(0);
-  const int64_t batch = config.train.batch_size;
-  TensorMap views;
-  for (const ViewRecipe* recipe : b.groups) views.insert(recipe->name, make_views(*recipe, b.images.slice(0, 0, batch), augment));
-  const TensorMap inputs = b.assembly.objective->prepare(views, torch::arange(batch, torch::TensorOptions().dtype(torch::kLong).device(b.compute.device)));
+  const TensorMap inputs = prepared_batch(b, 0, augment);
   const int32_t replays = b.assembly.attack ? b.assembly.attack->replays() : 1;
   const c10::DeviceType device = c10::Device(b.compute.device).type();
   double seconds = 0;
@@ -187,7 +192,7 @@ double time_forward_backward(const Settings& s, Bench& b) {
 
 void report(const Settings& s, const Bench& b, std::map<std::string, double> time) {
   const RunConfig& config = b.run.config;
-  const double total = time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"];
+  const double total = total_seconds(time);
   int64_t views = 0;
   std::string groups;
   for (const ViewRecipe* recipe : b.groups) {
@@ -209,8 +214,8 @@ void report(const Settings& s, const Bench& b, std::map<std::string, double> tim
   }
 }
 
-void report_overhead(std::map<std::string, double> time, double pure, int64_t steps) {
-  const double step = (time["augmentation"] + time["attack"] + time["forward_backward"] + time["optimizer"]) / steps;
+void report_overhead(const std::map<std::string, double>& time, double pure, int64_t steps) {
+  const double step = total_seconds(time) / static_cast<double>(steps);
   std::printf("forward+backward alone %.4f s  |  step overhead %.3fx\n", pure, step / pure);
 }
 

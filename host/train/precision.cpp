@@ -11,15 +11,14 @@ namespace cfamc::host {
 
 namespace {
 
-bool cpu_capability(const std::string& name) {
-  const auto capabilities = at::cpu::get_cpu_capabilities();
-  const auto it = capabilities.find(name);
-  return it != capabilities.end() && it->second.isBool() && it->second.toBool();
-}
-
 bool native_bf16(const c10::Device& device) {
   if (device.is_cuda()) return at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8();
-  return cpu_capability("avx512_bf16") || cpu_capability("amx_bf16");
+  const auto capabilities = at::cpu::get_cpu_capabilities();
+  const auto has = [&](const char* name) {
+    const auto it = capabilities.find(name);
+    return it != capabilities.end() && it->second.isBool() && it->second.toBool();
+  };
+  return has("avx512_bf16") || has("amx_bf16");
 }
 
 }  // namespace

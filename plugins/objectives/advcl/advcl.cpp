@@ -159,7 +159,7 @@ class AdvCl : public cfamc::Objective {
     inputs.insert("x_hfc", high_frequency_component(weak, radius_));
     inputs.insert("x_cl", weak);
     inputs.insert("x_ce", weak);
-    inputs.insert("pseudo_labels", lookup(sample_indices, batch).to(weak.device()));  // already there: no copy
+    inputs.insert("pseudo_labels", lookup(sample_indices, batch).to(weak.device()));
     return inputs;
   }
 
