@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "augment/colour_jitter.hpp"
@@ -59,37 +60,43 @@ at::Tensor pad_crop_flip(const at::Tensor& x, const at::Tensor& params, int64_t 
   return padded.gather(2, row_index).gather(3, col_index);
 }
 
-// The padded crop's parameters for make_views: offsets uniform over every window position of the padded
-// image, as torchvision's RandomCrop.get_params draws them, refused when the window does not fit.
-at::Tensor padded_crop_params(const ViewRecipe& r, const at::Tensor& x, const at::Tensor& flip, at::Generator& g) {
-  const int64_t n = x.size(0);
-  const int64_t spare_h = x.size(2) + 2 * r.padding - r.size, spare_w = x.size(3) + 2 * r.padding - r.size;
+// The padded crop's parameters: offsets uniform over every window position of the padded image, as
+// torchvision's RandomCrop.get_params draws them, refused when the window does not fit. int64 [n, 3] rows of
+// (top, left, flip) on the CPU, the offsets counted in the padded image.
+at::Tensor padded_crop_params(const ViewRecipe& r, int64_t height, int64_t width, const at::Tensor& flip,
+                              at::Generator& g) {
+  const int64_t n = flip.size(0);
+  const int64_t spare_h = height + 2 * r.padding - r.size, spare_w = width + 2 * r.padding - r.size;
   if (spare_h < 0 || spare_w < 0) {
     // Only here is the image size known; the run stops before its first step.
     fail(ExitCode::usage, "views." + r.name + ".size = " + std::to_string(r.size) + " exceeds the image (" +
-                              std::to_string(x.size(2)) + "x" + std::to_string(x.size(3)) + ") plus 2*views." +
+                              std::to_string(height) + "x" + std::to_string(width) + ") plus 2*views." +
                               r.name + ".padding = " + std::to_string(2 * r.padding));
   }
   const at::Tensor u = at::rand({n, 2}, g, at::TensorOptions().dtype(at::kDouble));
   const at::Tensor top = (u.select(1, 0) * static_cast<double>(spare_h + 1)).floor();
   const at::Tensor left = (u.select(1, 1) * static_cast<double>(spare_w + 1)).floor();
-  // One transfer of every parameter to the images' device.
-  return cfamc::on_device_of(x, at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong));
+  return at::stack({top, left, flip.to(at::kDouble)}, 1).to(at::kLong);
 }
 
-at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator& g) {
-  const int64_t n = x.size(0), c = x.size(1);
+// Separable Gaussian kernels, double [n, k], the identity where a view is not blurred. k is odd and below
+// twice the view's side `size` (reflect padding needs k/2 < side).
+at::Tensor blur_kernels(const ViewRecipe& r, int64_t n, at::Generator& g) {
   int64_t k = r.blur_kernel;
   if (k == 0) k = 2 * static_cast<int64_t>(std::ceil(3 * r.blur_sigma[1])) + 1;
-  const int64_t limit = std::min(x.size(2), x.size(3));
-  if (k >= 2 * limit) k = 2 * limit - 1;  // reflect padding needs k/2 < side
+  if (k >= 2 * r.size) k = 2 * r.size - 1;
   const at::Tensor apply = bernoulli(n, r.blur, g);
   const at::Tensor sigma = uniform(n, r.blur_sigma[0], r.blur_sigma[1], g);
   const at::Tensor offsets = at::arange(k, at::kDouble) - (k / 2);
   at::Tensor kernel = (-(offsets.pow(2)).unsqueeze(0) / (2 * sigma.pow(2)).unsqueeze(1)).exp();
   kernel = kernel / kernel.sum(1, true);
   const at::Tensor identity = offsets.eq(0).to(at::kDouble).unsqueeze(0).expand({n, k});
-  kernel = cfamc::on_device_of(x, at::where(apply.unsqueeze(1), kernel, identity)).to(x.scalar_type());
+  return at::where(apply.unsqueeze(1), kernel, identity);
+}
+
+at::Tensor gaussian_blur(const at::Tensor& x, const at::Tensor& kernels) {
+  const int64_t n = x.size(0), c = x.size(1), k = kernels.size(1);
+  const at::Tensor kernel = cfamc::on_device_of(x, kernels).to(x.scalar_type());
   const at::Tensor weights = kernel.repeat_interleave(c, 0);  // [n*c, k]
   const int64_t pad = k / 2;
   at::Tensor y = x.reshape({1, n * c, x.size(2), x.size(3)});
@@ -98,6 +105,72 @@ at::Tensor gaussian_blur(const at::Tensor& x, const ViewRecipe& r, at::Generator
   y = at::reflection_pad2d(y, {0, 0, pad, pad});
   y = at::conv2d(y, weights.view({n * c, 1, k, 1}), at::Tensor(), at::IntArrayRef{1, 1}, at::IntArrayRef{0, 0}, at::IntArrayRef{1, 1}, n * c);
   return y.view_as(x);
+}
+
+// Every random parameter of one make_views call, drawn on the CPU for all count*batch views of the global
+// batch (view-major rows) before any is applied, so that a share of the batch keeps its own rows of them.
+struct ViewDraws {
+  at::Tensor flip;    // bool [n]
+  at::Tensor window;  // padded crop: int64 [n, 3] (top, left, flip); RandomResizedCrop: int64 [n, 4] boxes
+  std::optional<ColourJitterDraw> jitter;
+  at::Tensor gray;      // bool [n]; undefined when grayscale never applies
+  at::Tensor blur;      // double [n, k] kernels; undefined when blur never applies
+  at::Tensor solarize;  // bool [n]; undefined when solarize never applies
+};
+
+// The draws in the order make_views has always made them (part of the views' reproducibility). `image`
+// holds the input's sizes [C, H, W].
+ViewDraws draw_views(const ViewRecipe& r, int64_t n, at::IntArrayRef image, at::Generator& g) {
+  ViewDraws d;
+  d.flip = bernoulli(n, r.flip, g);
+  if (r.padding > 0) d.window = padded_crop_params(r, image[1], image[2], d.flip, g);
+  else if (r.crop) d.window = sample_crop_boxes(image[1], image[2], n, r.scale, r.ratio, g);
+  if (r.jitter > 0) d.jitter = draw_colour_jitter(n, r, g);
+  if (r.grayscale > 0 && image[0] == 3) d.gray = bernoulli(n, r.grayscale, g);
+  if (r.blur > 0) d.blur = blur_kernels(r, n, g);
+  if (r.solarize > 0) d.solarize = bernoulli(n, r.solarize, g);
+  return d;
+}
+
+// The draws of the views in `rows` (int64, on the CPU), in that order.
+ViewDraws rows_of(const ViewDraws& d, const at::Tensor& rows) {
+  const auto pick = [&](const at::Tensor& t) { return t.defined() ? t.index_select(0, rows) : t; };
+  ViewDraws kept{pick(d.flip), pick(d.window), std::nullopt, pick(d.gray), pick(d.blur), pick(d.solarize)};
+  if (d.jitter) kept.jitter = ColourJitterDraw{pick(d.jitter->apply), pick(d.jitter->factors), pick(d.jitter->order)};
+  return kept;
+}
+
+// The global batch's view rows v*batch + [begin, end) for every view v, view-major.
+at::Tensor share_rows(const BatchShare& share, int64_t count, int64_t images) {
+  if (share.begin < 0 || share.begin >= share.end || share.end > share.batch || share.end - share.begin != images) {
+    fail(ExitCode::other, "make_views: the share [" + std::to_string(share.begin) + ", " + std::to_string(share.end) +
+                              ") of a batch of " + std::to_string(share.batch) + " does not hold the " +
+                              std::to_string(images) + " images given");
+  }
+  const at::Tensor within = at::arange(share.begin, share.end, at::kLong).unsqueeze(0);
+  return (at::arange(count, at::kLong).unsqueeze(1) * share.batch + within).flatten();
+}
+
+// `x` float [n, C, H, W] in [0,1], one row per view; `d` the draws of those rows.
+at::Tensor apply_views(const ViewRecipe& r, at::Tensor x, const ViewDraws& d) {
+  if (r.padding > 0) {
+    x = pad_crop_flip(x, cfamc::on_device_of(x, d.window), r.padding, r.size);  // one transfer
+  } else if (r.crop) {
+    x = crop_flip_resize(x, d.window, d.flip, r.size);
+  } else {
+    if (x.size(2) != r.size || x.size(3) != r.size) {
+      x = at::upsample_bilinear2d(x, {r.size, r.size}, /*align_corners=*/false);
+    }
+    if (r.flip > 0) x = at::where(per_sample(cfamc::on_device_of(x, d.flip)), x.flip({3}), x);
+  }
+  if (d.jitter) x = apply_colour_jitter(x, *d.jitter);
+  if (d.gray.defined()) x = at::where(per_sample(cfamc::on_device_of(x, d.gray)), to_gray(x).expand_as(x), x);
+  if (d.blur.defined()) x = gaussian_blur(x, d.blur);
+  if (d.solarize.defined()) {
+    const at::Tensor solarize = per_sample(cfamc::on_device_of(x, d.solarize));
+    x = at::where(solarize & x.ge(r.solarize_threshold), 1.0 - x, x);
+  }
+  return x;
 }
 
 }  // namespace
@@ -130,35 +203,17 @@ at::Tensor sample_crop_boxes(int64_t height, int64_t width, int64_t n, const std
   return at::stack({top, left, box_h, box_w}, 1).to(at::kLong);
 }
 
-at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generator& g) {
-  const int64_t batch = images.size(0), n = r.count * batch;
+at::Tensor make_views(const ViewRecipe& r, const at::Tensor& images, at::Generator& g,
+                      const std::optional<BatchShare>& share) {
+  // The draws are made for the whole batch whatever the share, then the share's rows kept.
+  const int64_t batch = share ? share->batch : images.size(0);
+  ViewDraws draws = draw_views(r, r.count * batch, images.sizes().slice(1), g);
+  if (share) draws = rows_of(draws, share_rows(*share, r.count, images.size(0)));
   // uint8 images are scaled to [0,1]; float images are taken as [0,1] already and stay differentiable, so an
   // attack can reach through the views (multicrop robust evaluation).
   at::Tensor x = images.is_floating_point() ? images : images.to(at::kFloat).div_(255.0);
   if (r.count > 1) x = x.repeat({r.count, 1, 1, 1});
-  const at::Tensor flip = bernoulli(n, r.flip, g);
-  if (r.padding > 0) {
-    x = pad_crop_flip(x, padded_crop_params(r, x, flip, g), r.padding, r.size);
-  } else if (r.crop) {
-    const at::Tensor boxes = sample_crop_boxes(x.size(2), x.size(3), n, r.scale, r.ratio, g);
-    x = crop_flip_resize(x, boxes, flip, r.size);
-  } else {
-    if (x.size(2) != r.size || x.size(3) != r.size) {
-      x = at::upsample_bilinear2d(x, {r.size, r.size}, /*align_corners=*/false);
-    }
-    if (r.flip > 0) x = at::where(per_sample(cfamc::on_device_of(x, flip)), x.flip({3}), x);
-  }
-  if (r.jitter > 0) x = colour_jitter(x, r, g);
-  if (r.grayscale > 0 && x.size(1) == 3) {
-    const at::Tensor gray = cfamc::on_device_of(x, bernoulli(n, r.grayscale, g));
-    x = at::where(per_sample(gray), to_gray(x).expand_as(x), x);
-  }
-  if (r.blur > 0) x = gaussian_blur(x, r, g);
-  if (r.solarize > 0) {
-    const at::Tensor solarize = per_sample(cfamc::on_device_of(x, bernoulli(n, r.solarize, g)));
-    x = at::where(solarize & x.ge(r.solarize_threshold), 1.0 - x, x);
-  }
-  return x;
+  return apply_views(r, x, draws);
 }
 
 }  // namespace cfamc::host
