@@ -1,5 +1,6 @@
 // A small convolutional backbone for CPU runs and tests: three conv-BN-ReLU blocks, each followed by a
 // 2x2 max-pool, then global average pooling. Several BatchNorm sets can be selected per forward.
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -43,7 +44,7 @@ class ConvNet : public cfamc::Backbone {
       }
       convs_.push_back(conv);
       auto norms = register_module("bn" + std::to_string(block), torch::nn::ModuleList());
-      for (int64_t b = 0; b < branches; ++b) norms->push_back(torch::nn::BatchNorm2d(out));
+      for (int64_t b = 0; b < branches; ++b) norms->push_back(cfamc::BatchNorm(out));
       norms_.push_back(norms);
       channels = out;
     }
@@ -63,7 +64,7 @@ class ConvNet : public cfamc::Backbone {
     at::Tensor h = normalise_->forward(x);
     for (size_t block = 0; block < convs_.size(); ++block) {
       h = convs_[block]->forward(h);
-      h = norms_[block]->ptr(branch)->as<torch::nn::BatchNorm2dImpl>()->forward(h);
+      h = norms_[block]->ptr(branch)->as<cfamc::BatchNormImpl>()->forward(h);
       h = torch::max_pool2d(torch::relu(h), 2, 2, 0, 1, /*ceil_mode=*/true);
     }
     return h.mean({2, 3});

@@ -8,6 +8,7 @@
 // checkpoints carry these names, and `export_tensors` gives torchvision's. Every network runs by stages (ABI
 // 1.3): stage k is the output of layer k, and the last stage exists in `last_stage_copies` copies, copy c > 0
 // named layer<S>_copy<c> (and bn_final_copy<c>, which belongs to it); copy 0 is the network `forward` runs.
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -43,12 +44,12 @@ std::optional<std::string> torchvision_name(const std::string& name, int32_t bra
 class BranchedBatchNormImpl : public nn::Module {
  public:
   BranchedBatchNormImpl(int64_t channels, int64_t branches) {
-    for (int64_t b = 0; b < branches; ++b) norms_.push_back(register_module(std::to_string(b), nn::BatchNorm2d(channels)));
+    for (int64_t b = 0; b < branches; ++b) norms_.push_back(register_module(std::to_string(b), cfamc::BatchNorm(channels)));
   }
   at::Tensor forward(const at::Tensor& x, int32_t branch) { return norms_[branch]->forward(x); }
 
  private:
-  std::vector<nn::BatchNorm2d> norms_;
+  std::vector<cfamc::BatchNorm> norms_;  // cfamc's: global statistics under SyncBatchNorm
 };
 TORCH_MODULE(BranchedBatchNorm);
 

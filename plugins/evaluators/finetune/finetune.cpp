@@ -7,6 +7,11 @@
 // or TRADES (Zhang et al. 2019). Reports the clean test accuracy and, as linear_probe does, the robust
 // accuracy under each of the evaluator's attacks on the first `robust_max_images` test images beside the
 // clean accuracy of exactly those images.
+//
+// Data-parallel runs: the training is replicated, every process taking the same steps on the same batches;
+// the encoding of whole splits is shared out (each process encodes its share, all features are gathered), and
+// so are the final attacks on the test images (each process attacks its share, the counts are summed).
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 #include <cfamc/precision.hpp>
 
@@ -318,17 +323,19 @@ class Finetune : public cfamc::Evaluator {
   void report_robustness(const cfamc::EvalServices& services, torch::nn::Linear& head, const Split& test,
                          const at::Tensor& test_features, const std::vector<std::string>& attacks) const {
     const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, test.images.size(0)) : test.images.size(0);
-    const at::Tensor images = test.images.slice(0, 0, n), labels = test.labels.slice(0, 0, n);
-    const at::Tensor clean_correct = correct_predictions(head, test_features.slice(0, 0, n), labels);
-    services.report("robust_subset/clean_accuracy", fraction(clean_correct));
+    const cfamc::RowShare share = cfamc::row_share(n);  // the images this process attacks
+    const at::Tensor images = test.images.slice(0, share.begin, share.end);
+    const at::Tensor labels = test.labels.slice(0, share.begin, share.end);
+    const at::Tensor clean_correct = correct_predictions(head, test_features.slice(0, share.begin, share.end), labels);
+    services.report("robust_subset/clean_accuracy", cfamc::shared_fraction(clean_correct, n));
     services.report("robust_subset/images", static_cast<double>(n));
     at::Tensor all_correct = clean_correct;
     for (const auto& id : attacks) {
       const at::Tensor correct = robust_correct(services, head, images, labels, id).logical_and(clean_correct);
-      services.report("robust_accuracy/" + id, fraction(correct));
+      services.report("robust_accuracy/" + id, cfamc::shared_fraction(correct, n));
       all_correct = all_correct.logical_and(correct);
     }
-    if (attacks.size() > 1) services.report("robust_accuracy/worst_case", fraction(all_correct));
+    if (attacks.size() > 1) services.report("robust_accuracy/worst_case", cfamc::shared_fraction(all_correct, n));
   }
 
   // Per image: classified correctly under attack `id`, which maximises the per-sample cross-entropy of the
@@ -336,7 +343,7 @@ class Finetune : public cfamc::Evaluator {
   at::Tensor robust_correct(const cfamc::EvalServices& services, torch::nn::Linear& head, const at::Tensor& images,
                             const at::Tensor& labels, const std::string& id) const {
     services.set_encoder_training(false);
-    std::vector<at::Tensor> correct;
+    std::vector<at::Tensor> correct{torch::zeros({0}, labels.options().dtype(torch::kBool))};  // a share may be empty
     for (int64_t start = 0; start < images.size(0); start += robust_batch_size_) {
       const at::Tensor x = images.slice(0, start, start + robust_batch_size_).to(torch::kFloat).div(255.0);
       const at::Tensor y = labels.slice(0, start, start + robust_batch_size_);
@@ -350,15 +357,13 @@ class Finetune : public cfamc::Evaluator {
     return torch::cat(correct);
   }
 
+  // The eval-mode features of every image: this process encodes its row_share, the shares are gathered.
   at::Tensor clean_features(const cfamc::EvalServices& services, const at::Tensor& images) const {
     torch::NoGradGuard no_grad;
     services.set_encoder_training(false);
-    std::vector<at::Tensor> out;
-    for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
-      out.push_back(
-          services.encode(images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0), feature_));
-    }
-    return torch::cat(out, 0);
+    return cfamc::gathered_over_shares(images.size(0), encode_batch_size_, [&](int64_t begin, int64_t end) {
+      return services.encode(images.slice(0, begin, end).to(torch::kFloat).div(255.0), feature_);
+    });
   }
 
   static at::Tensor correct_predictions(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {

@@ -19,6 +19,10 @@
 // "<file>.partial" and renamed. pickle_save tags the dict with its type (torch.jit._pickle.restore_type_tag),
 // which Python's torch.load refuses under its default weights_only=True: there, load with
 // `with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]): torch.load(path)`.
+//
+// Data-parallel runs: each process encodes its share of the split and gathers all features, so that every
+// process clusters the same points alike; rank 0 alone writes the artifact.
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 #include <cfamc/precision.hpp>
 
@@ -138,22 +142,25 @@ class KMeans : public cfamc::Evaluator {
       artifact.insert("k" + std::to_string(k), best.labels.to(torch::kCPU, torch::kLong).contiguous().clone());
     }
     artifact.insert("num_samples", torch::scalar_tensor(n, torch::kLong));
+    if (cfamc::world_rank() != 0) return;  // the other processes hold the same labels; one file, one writer
     const std::string path = services.artifact_path(file_);
     write_atomically(path, torch::pickle_save(artifact));
     context().info("pseudo-labels of " + std::to_string(n) + " '" + split_ + "' images written to " + path);
   }
 
  private:
+  // The features of every image: this process encodes its row_share, the shares are gathered.
   at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
-    std::vector<at::Tensor> out;
-    for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
-      const at::Tensor x = images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0);
-      at::Tensor f = services.encode(x, feature_).to(torch::kFloat).flatten(1);
-      // Contrastive features are compared by cosine; on the unit sphere squared distance is 2 - 2 cosine.
-      if (normalize_) f = torch::nn::functional::normalize(f, torch::nn::functional::NormalizeFuncOptions().dim(1));
-      out.push_back(f);
-    }
-    return torch::cat(out, 0);
+    return cfamc::gathered_over_shares(images.size(0), encode_batch_size_, [&](int64_t begin, int64_t end) {
+      return batch_features(services, images.slice(0, begin, end));
+    });
+  }
+
+  at::Tensor batch_features(const cfamc::EvalServices& services, const at::Tensor& images) const {
+    at::Tensor f = services.encode(images.to(torch::kFloat).div(255.0), feature_).to(torch::kFloat).flatten(1);
+    // Contrastive features are compared by cosine; on the unit sphere squared distance is 2 - 2 cosine.
+    if (normalize_) f = torch::nn::functional::normalize(f, torch::nn::functional::NormalizeFuncOptions().dim(1));
+    return f;
   }
 
   // The best of `restarts_` runs by inertia; the runs draw from one generator in turn.

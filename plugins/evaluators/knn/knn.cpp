@@ -1,5 +1,8 @@
 // Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018, as EMP-SSL reports it):
 // cosine similarity to every training feature, the k most similar vote with weight exp(sim / T).
+// Data-parallel runs: each process encodes its share of the training split and gathers the whole bank, then
+// classifies its share of the test split; the correct counts are summed.
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 #include <cfamc/precision.hpp>
 
@@ -47,36 +50,35 @@ class KNN : public cfamc::Evaluator {
     torch::NoGradGuard no_grad;
     const auto [train_images, train_labels] = services.dataset(train_split_);
     const auto [test_images, test_labels] = services.dataset(test_split_);
-    const at::Tensor bank = features(services, train_images);
+    const auto encoded = [&](int64_t begin, int64_t end) { return features(services, train_images, begin, end); };
+    const at::Tensor bank = cfamc::gathered_over_shares(train_images.size(0), batch_size_, encoded);
     const int64_t classes = train_labels.max().item<int64_t>() + 1;
     const int64_t k = std::min<int64_t>(k_, bank.size(0));
 
-    int64_t correct = 0;
-    for (int64_t start = 0; start < test_images.size(0); start += batch_size_) {
-      const at::Tensor query = features(services, test_images.slice(0, start, start + batch_size_));
+    const cfamc::RowShare queries = cfamc::row_share(test_images.size(0));
+    at::Tensor correct = torch::zeros({}, test_labels.options().dtype(torch::kLong));
+    for (int64_t start = queries.begin; start < queries.end; start += batch_size_) {
+      const int64_t end = std::min(queries.end, start + batch_size_);
+      const at::Tensor query = features(services, test_images, start, end);
       // Similarities divided by a temperature of 0.07 and exponentiated: float32 in a bf16 run.
       const cfamc::Float32Region float32;
       const auto [similarity, index] = torch::matmul(cfamc::widened(query), cfamc::widened(bank).t()).topk(k, 1);
       const at::Tensor weights = (similarity / temperature_).exp();
       const at::Tensor votes = torch::zeros({query.size(0), classes}, weights.options())
                                    .scatter_add_(1, train_labels.index({index}), weights);
-      const at::Tensor truth = test_labels.slice(0, start, start + batch_size_);
-      correct += votes.argmax(1).eq(truth).sum().item<int64_t>();
+      correct += votes.argmax(1).eq(test_labels.slice(0, start, end)).sum();
     }
-    const double accuracy = static_cast<double>(correct) / static_cast<double>(test_images.size(0));
+    const double accuracy = cfamc::shared_fraction(correct, test_images.size(0));
     services.report("accuracy", accuracy);
     context().info("top-1 " + std::to_string(accuracy) + " (k " + std::to_string(k) + ")");
   }
 
  private:
-  at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
-    std::vector<at::Tensor> out;
-    for (int64_t start = 0; start < images.size(0); start += batch_size_) {
-      const at::Tensor x = images.slice(0, start, start + batch_size_).to(torch::kFloat).div(255.0);
-      out.push_back(torch::nn::functional::normalize(services.encode(x, feature_),
-                                                     torch::nn::functional::NormalizeFuncOptions().dim(1)));
-    }
-    return torch::cat(out, 0);
+  // The unit-norm features of images [begin, end), encoded at once.
+  at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images, int64_t begin, int64_t end) const {
+    const at::Tensor x = images.slice(0, begin, end).to(torch::kFloat).div(255.0);
+    return torch::nn::functional::normalize(services.encode(x, feature_),
+                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
   }
 
   int64_t k_;

@@ -4,6 +4,9 @@
 // image (EMP-SSL's bag-of-features), from a view group of the run file. Both report robust accuracy
 // under the evaluator's attacks, end to end (for multicrop, through the views and their mean), on the first
 // `robust_max_images` test images, together with the clean accuracy of exactly those images.
+// Data-parallel runs: each process encodes its share of each split and gathers all features, so every process
+// trains the same head; each attacks its share of the test images and the correct counts are summed.
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -131,20 +134,25 @@ class LinearEvaluation : public cfamc::Evaluator {
   // fools the classifier), as AutoAttack reports it: on the attacked images alone, so beside it goes their
   // clean accuracy and number, and an image counts as robust only if it is classified correctly clean too
   // (a random start, or multicrop's fresh views, could otherwise make a clean mistake look robust).
+  // Each process attacks its row_share of the n images; the counts are summed over the processes.
   void report_robustness(const cfamc::EvalServices& services, torch::nn::Linear& head, const TestSplit& test,
                          const std::vector<std::string>& attacks, const std::string& prefix) const {
     const int64_t n = robust_max_images_ > 0 ? std::min(robust_max_images_, test.images.size(0)) : test.images.size(0);
-    const at::Tensor images = test.images.slice(0, 0, n), labels = test.labels.slice(0, 0, n);
-    const at::Tensor clean_correct = correct_predictions(head, test.features.slice(0, 0, n), labels);
-    services.report(prefix + "robust_subset/clean_accuracy", fraction(clean_correct));
+    const cfamc::RowShare share = cfamc::row_share(n);
+    const at::Tensor images = test.images.slice(0, share.begin, share.end);
+    const at::Tensor labels = test.labels.slice(0, share.begin, share.end);
+    const at::Tensor clean_correct = correct_predictions(head, test.features.slice(0, share.begin, share.end), labels);
+    services.report(prefix + "robust_subset/clean_accuracy", cfamc::shared_fraction(clean_correct, n));
     services.report(prefix + "robust_subset/images", static_cast<double>(n));
     at::Tensor all_correct = clean_correct;
     for (const auto& id : attacks) {
       const at::Tensor correct = robust_correct(services, head, images, labels, id).logical_and(clean_correct);
-      services.report(prefix + "robust_accuracy/" + id, fraction(correct));
+      services.report(prefix + "robust_accuracy/" + id, cfamc::shared_fraction(correct, n));
       all_correct = all_correct.logical_and(correct);
     }
-    if (attacks.size() > 1) services.report(prefix + "robust_accuracy/worst_case", fraction(all_correct));
+    if (attacks.size() > 1) {
+      services.report(prefix + "robust_accuracy/worst_case", cfamc::shared_fraction(all_correct, n));
+    }
   }
 
   // Per image: classified correctly under attack `id`, end to end through the frozen encoder (eval mode)
@@ -153,7 +161,7 @@ class LinearEvaluation : public cfamc::Evaluator {
                             const at::Tensor& labels, const std::string& id) const {
     services.set_encoder_training(false);
     const int64_t n = images.size(0);
-    std::vector<at::Tensor> correct;
+    std::vector<at::Tensor> correct{torch::zeros({0}, labels.options().dtype(torch::kBool))};  // a share may be empty
     for (int64_t start = 0; start < n; start += robust_batch_size_) {
       const int64_t end = std::min(n, start + robust_batch_size_);
       const at::Tensor x = images.slice(0, start, end).to(torch::kFloat).div(255.0);
@@ -212,13 +220,12 @@ class LinearEvaluation : public cfamc::Evaluator {
     return robust;
   }
 
+  // The features of every image: this process encodes its row_share, the shares are gathered.
   at::Tensor features(const cfamc::EvalServices& services, const at::Tensor& images) const {
     torch::NoGradGuard no_grad;
-    std::vector<at::Tensor> out;
-    for (int64_t start = 0; start < images.size(0); start += encode_batch_size_) {
-      out.push_back(batch_features(services, images.slice(0, start, start + encode_batch_size_).to(torch::kFloat).div(255.0)));
-    }
-    return torch::cat(out, 0);
+    return cfamc::gathered_over_shares(images.size(0), encode_batch_size_, [&](int64_t begin, int64_t end) {
+      return batch_features(services, images.slice(0, begin, end).to(torch::kFloat).div(255.0));
+    });
   }
 
   static at::Tensor correct_predictions(torch::nn::Linear& head, const at::Tensor& features, const at::Tensor& labels) {

@@ -4,6 +4,7 @@
 // separate BatchNorm sets ("dual BN"): branch 0 of the backbone and the projector for the clean stream,
 // branch 1 for the adversarial one (the attack included), so the backbone needs `branches = 2`.
 #include <cfamc/contrastive.hpp>
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -28,7 +29,7 @@ class DualBnProjectorImpl : public torch::nn::Module {
     for (size_t layer = 0; layer + 1 < widths.size(); ++layer) {
       linears_->push_back(torch::nn::Linear(torch::nn::LinearOptions(widths[layer], widths[layer + 1]).bias(layer == 0)));
       torch::nn::ModuleList sets;
-      for (int32_t b = 0; b < kBranches; ++b) sets->push_back(torch::nn::BatchNorm1d(widths[layer + 1]));
+      for (int32_t b = 0; b < kBranches; ++b) sets->push_back(cfamc::BatchNorm(widths[layer + 1]));
       norms_->push_back(sets);
     }
     register_module("linear", linears_);
@@ -38,7 +39,7 @@ class DualBnProjectorImpl : public torch::nn::Module {
   at::Tensor forward(at::Tensor x, int32_t branch) {
     for (size_t layer = 0; layer < linears_->size(); ++layer) {
       x = linears_[layer]->as<torch::nn::LinearImpl>()->forward(x);
-      x = norms_[layer]->as<torch::nn::ModuleListImpl>()->ptr(branch)->as<torch::nn::BatchNorm1dImpl>()->forward(x);
+      x = norms_[layer]->as<torch::nn::ModuleListImpl>()->ptr(branch)->as<cfamc::BatchNormImpl>()->forward(x);
       if (layer + 1 < linears_->size()) x = torch::relu(x);
     }
     return x;
@@ -118,10 +119,12 @@ class Acl : public cfamc::Objective {
     return adversarial.contains(key) ? adversarial[key] : clean[key];
   }
 
-  // NT-Xent of (x1, x2) with every BatchNorm of the backbone and the projector in set `branch`.
+  // NT-Xent of (x1, x2) with every BatchNorm of the backbone and the projector in set `branch`, over the
+  // global batch (every process gathers all processes' embeddings).
   at::Tensor pair_loss(const cfamc::Encoder& encoder, const at::Tensor& x1, const at::Tensor& x2, int32_t branch) {
     const at::Tensor features = encoder(torch::cat({x1, x2}, 0), branch);
-    return cfamc::nt_xent(cfamc::unit_rows(projector_->forward(features, branch)), 2, temperature_);
+    const at::Tensor z = cfamc::all_gather_views(cfamc::unit_rows(projector_->forward(features, branch)), 2);
+    return cfamc::nt_xent(z, 2, temperature_);
   }
 
   std::string group_;

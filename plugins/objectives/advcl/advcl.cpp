@@ -20,6 +20,7 @@
 //            A K missing from the file is refused at create; a sample index outside [0, N) is refused in
 //            `prepare` (the file belongs to another training set, or to a smaller slice of it).
 #include <cfamc/contrastive.hpp>
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/serialize.h>
@@ -43,13 +44,13 @@ class MultiBnProjectorImpl : public torch::nn::Module {
  public:
   MultiBnProjectorImpl(int64_t in, int64_t hidden, int64_t out) {
     first_ = register_module("linear1", torch::nn::Linear(in, hidden));
-    for (int32_t b = 0; b < kBranches; ++b) norms_->push_back(torch::nn::BatchNorm1d(hidden));
+    for (int32_t b = 0; b < kBranches; ++b) norms_->push_back(cfamc::BatchNorm(hidden));
     register_module("norm", norms_);
     second_ = register_module("linear2", torch::nn::Linear(hidden, out));
   }
 
   at::Tensor forward(const at::Tensor& x, int32_t branch) {
-    at::Tensor h = norms_->ptr(branch)->as<torch::nn::BatchNorm1dImpl>()->forward(first_->forward(x));
+    at::Tensor h = norms_->ptr(branch)->as<cfamc::BatchNormImpl>()->forward(first_->forward(x));
     return second_->forward(torch::relu(h));
   }
 
@@ -176,21 +177,11 @@ class AdvCl : public cfamc::Objective {
     std::vector<at::Tensor> z;
     z.push_back(embed(encoder, x_cl, kClBranch));
     for (const char* view : {"x1", "x2", "x_hfc"}) z.push_back(embed(encoder, clean[view], kNormalBranch));
-    const at::Tensor contrastive =
-        (temperature_ / base_temperature_) * cfamc::nt_xent(torch::cat(z, 0), 4, temperature_);
+    // SupCon's negatives are the global batch's: every process gathers all processes' embeddings.
+    const at::Tensor global = cfamc::all_gather_views(torch::cat(z, 0), 4);
+    const at::Tensor contrastive = (temperature_ / base_temperature_) * cfamc::nt_xent(global, 4, temperature_);
 
-    const at::Tensor features = encoder(x_ce, kCeBranch);
-    const at::Tensor& labels = clean["pseudo_labels"];
-    at::Tensor ce = torch::zeros({}, features.options());
-    for (size_t i = 0; i < ks_.size(); ++i) {
-      const at::Tensor logits = heads_[i]->as<torch::nn::Linear>()->forward(features);
-      const at::Tensor y = labels.select(1, static_cast<int64_t>(i));
-      // Mean over the labelled samples; a batch with none labelled contributes 0, not 0/0.
-      const at::Tensor summed = torch::nn::functional::cross_entropy(
-          logits, y, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum));
-      ce = ce + summed / y.ne(-1).sum().clamp_min(1).to(summed.dtype());
-    }
-    ce = ce / static_cast<double>(ks_.size());
+    const at::Tensor ce = pseudo_label_ce(encoder(x_ce, kCeBranch), clean["pseudo_labels"]);
 
     log.insert("supcon", contrastive.detach());
     log.insert("pseudo_ce", ce.detach());
@@ -200,6 +191,25 @@ class AdvCl : public cfamc::Objective {
  private:
   static at::Tensor pick(const cfamc::TensorMap& clean, const cfamc::TensorMap& adversarial, const std::string& key) {
     return adversarial.contains(key) ? adversarial[key] : clean[key];
+  }
+
+  // The mean over the heads of each head's cross-entropy averaged over the batch's labelled samples (a batch
+  // with none labelled contributes 0, not 0/0). The batch is the global one: in a data-parallel run the sums
+  // and the counts are summed over the processes (differentiably), as one process holding it would count.
+  at::Tensor pseudo_label_ce(const at::Tensor& features, const at::Tensor& labels) {
+    std::vector<at::Tensor> sums, counts;
+    for (size_t i = 0; i < ks_.size(); ++i) {
+      const at::Tensor logits = heads_[i]->as<torch::nn::Linear>()->forward(features);
+      const at::Tensor y = labels.select(1, static_cast<int64_t>(i));
+      sums.push_back(torch::nn::functional::cross_entropy(
+          logits, y, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum)));
+      counts.push_back(y.ne(-1).sum());
+    }
+    const at::Tensor summed = cfamc::all_reduce_sum(torch::stack(sums));
+    const at::Tensor labelled = cfamc::all_reduce_sum(torch::stack(counts)).clamp_min(1).to(summed.dtype());
+    at::Tensor ce = torch::zeros({}, features.options());
+    for (size_t i = 0; i < ks_.size(); ++i) ce = ce + summed[i] / labelled[i];
+    return ce / static_cast<double>(ks_.size());
   }
 
   // L2-normalised projection of x, backbone and projector in BatchNorm set `branch`.

@@ -2,6 +2,7 @@
 // crop's embeddings and the agreement of every crop's embedding with the mean over crops. Its robust
 // variants (Ghofrani & Jamshidi 2025, CF-AMC-SSL) attack all crops against the same loss.
 #include <cfamc/contrastive.hpp>
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -45,9 +46,9 @@ class EmpSsl : public cfamc::Objective {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "head widths and the backbone feature dim must be positive");
     }
     pre_feature_ = register_module("pre_feature", torch::nn::Sequential(torch::nn::Linear(ctx.feature_dim(), pre_dim_),
-                                                                        torch::nn::BatchNorm1d(pre_dim_), torch::nn::ReLU()));
+                                                                        cfamc::BatchNorm(pre_dim_), torch::nn::ReLU()));
     projection_ = register_module("projection", torch::nn::Sequential(torch::nn::Linear(pre_dim_, hidden),
-                                                                      torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
+                                                                      cfamc::BatchNorm(hidden), torch::nn::ReLU(),
                                                                       torch::nn::Linear(hidden, out)));
     cfamc::initialise_linear_layers(*this, ctx.generator());
     to(ctx.device());
@@ -72,7 +73,10 @@ class EmpSsl : public cfamc::Objective {
   at::Tensor loss(const cfamc::Encoder& encoder, const cfamc::TensorMap& clean, const cfamc::TensorMap& adversarial,
                   cfamc_phase, cfamc::TensorMap& log) override {
     const at::Tensor& x = adversarial.contains("crops") ? adversarial["crops"] : clean["crops"];
-    const at::Tensor z = cfamc::unit_rows(projection_->forward(pre_feature_->forward(encoder(x))));
+    // The coding rate's covariance and the crops' mean need the whole batch: in a data-parallel run every
+    // process gathers all processes' crops (view-major, differentiable) and computes the global loss.
+    const at::Tensor z = cfamc::all_gather_views(
+        cfamc::unit_rows(projection_->forward(pre_feature_->forward(encoder(x)))), crops_);
     const at::Tensor per_crop = z.view({crops_, -1, z.size(1)});
     const at::Tensor tcr = total_coding_rate(per_crop, eps_).mean();
     const at::Tensor agreement = invariance(per_crop);

@@ -18,6 +18,10 @@
 // Selfie and the ensemble need a backbone that runs by stages (ABI 1.3). Without them the components are made
 // (the transformer at a placeholder width, never used) and the first loss fails in the encoder, with an error
 // naming the backbone and this objective; create warns.
+//
+// Data-parallel runs: these losses stay per-process, with no collective. Every term is a mean over the
+// images of a per-image quantity (a cross-entropy, a log-determinant of one image's gradients), so the mean
+// over equal shares that the host's gradient averaging makes is the global batch's mean already.
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>

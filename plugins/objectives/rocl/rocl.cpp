@@ -4,6 +4,7 @@
 // of an image is a positive of the others, plus a small term NT-Xent(adv, v2) weighted 1/256. As the reference
 // code computes it, the three-view term sums each row's two positive terms (NT-Xent averages them: twice ours).
 #include <cfamc/contrastive.hpp>
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -76,7 +77,7 @@ class Rocl : public cfamc::Objective {
     // One forward of the three views: the (adv, v2) term reuses their rows of the same embedding, so the
     // BatchNorm statistics are those of the whole 3B batch and are updated once per step.
     const at::Tensor z = embed(encoder, {clean["view1"], clean["view2"], adversarial["view1"]});
-    const int64_t batch = clean["view1"].size(0);
+    const int64_t batch = z.size(0) / 3;  // the global batch
     // Summed over a row's two positives, as the reference's loss is: 2 x the averaged NT-Xent.
     const at::Tensor three_views = 2 * nt_xent(z, 3);
     const at::Tensor adversarial_pair =
@@ -87,9 +88,11 @@ class Rocl : public cfamc::Objective {
   }
 
  private:
-  // L2-normalised projections of the views, concatenated view-major.
+  // L2-normalised projections of the views, concatenated view-major, of the global batch: every process
+  // gathers all processes' embeddings, so that every NT-Xent has the global batch's negatives.
   at::Tensor embed(const cfamc::Encoder& encoder, const std::vector<at::Tensor>& views) {
-    return cfamc::unit_rows(projector_->forward(encoder(torch::cat(views, 0))));
+    const int64_t count = static_cast<int64_t>(views.size());
+    return cfamc::all_gather_views(cfamc::unit_rows(projector_->forward(encoder(torch::cat(views, 0)))), count);
   }
 
   at::Tensor nt_xent(const at::Tensor& z, int64_t views) const {

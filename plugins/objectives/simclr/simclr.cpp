@@ -2,6 +2,7 @@
 // and the NT-Xent loss over V views of each image. Robust variant: the attack perturbs the second view,
 // maximising NT-Xent(f(x2), f(x2 + delta)); training then contrasts x1 with x2 + delta.
 #include <cfamc/contrastive.hpp>
+#include <cfamc/distributed.hpp>
 #include <cfamc/plugin.hpp>
 
 #include <torch/torch.h>
@@ -38,7 +39,7 @@ class SimCLR : public cfamc::Objective {
       throw cfamc::Error(CFAMC_ERROR_OPTION, "hidden_dim, projection_dim and the backbone feature dim must be positive");
     }
     projector_ = register_module("projector", torch::nn::Sequential(torch::nn::Linear(ctx.feature_dim(), hidden),
-                                                                    torch::nn::BatchNorm1d(hidden), torch::nn::ReLU(),
+                                                                    cfamc::BatchNorm(hidden), torch::nn::ReLU(),
                                                                     torch::nn::Linear(hidden, out)));
     cfamc::initialise_linear_layers(*this, ctx.generator());
     to(ctx.device());
@@ -62,8 +63,11 @@ class SimCLR : public cfamc::Objective {
         batch.push_back(adversarial.contains(key) ? adversarial[key] : clean[key]);
       }
     }
-    const at::Tensor z = cfamc::unit_rows(projector_->forward(encoder(torch::cat(batch, 0))));
-    at::Tensor value = nt_xent(z, static_cast<int64_t>(batch.size()), temperature_);
+    const int64_t views = static_cast<int64_t>(batch.size());
+    // The global batch's negatives: every process gathers all processes' embeddings (view-major).
+    const at::Tensor local = cfamc::unit_rows(projector_->forward(encoder(torch::cat(batch, 0))));
+    const at::Tensor z = cfamc::all_gather_views(local, views);
+    at::Tensor value = nt_xent(z, views, temperature_);
     log.insert("nt_xent", value.detach());
     return value;
   }

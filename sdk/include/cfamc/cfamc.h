@@ -1,7 +1,8 @@
 /*
- * cfamc plugin ABI, version 1.3 (major 1; minor 1 appended tensor allocation to the host API and the
+ * cfamc plugin ABI, version 1.4 (major 1; minor 1 appended tensor allocation to the host API and the
  * CFAMC_OPTION_ACCEPTS_NONFINITE modifier of option types; minor 2 the backbone's export_tensors and the
- * evaluator's save_classifier; minor 3 the backbone's stages, through the encoder and the host API).
+ * evaluator's save_classifier; minor 3 the backbone's stages, through the encoder and the host API; minor 4
+ * the data-parallel services of the host API: rank, world size, SyncBatchNorm, differentiable collectives).
  *
  * This header is the whole contract between cfamc-host and a plugin library. It is C99 and names no C++
  * type, so a plugin may be written in C, C++ or anything that can export a C function.
@@ -31,7 +32,7 @@ extern "C" {
 #endif
 
 #define CFAMC_ABI_MAJOR 1
-#define CFAMC_ABI_MINOR 3
+#define CFAMC_ABI_MINOR 4
 
 /* The one symbol a plugin library exports; the ABI major is part of its name. */
 #define CFAMC_PLUGIN_ENTRY_SYMBOL "cfamc_plugin_entry_v1"
@@ -334,6 +335,29 @@ typedef struct cfamc_host_api {
   int32_t (*num_stages)(const cfamc_context *ctx);
   int32_t (*num_stage_copies)(const cfamc_context *ctx);
   int64_t (*stage_channels)(const cfamc_context *ctx, int32_t stage);
+
+  /* ---- Appended in ABI 1.4: data-parallel runs (docs/architecture.md, "Data parallel"). Check
+   * CFAMC_HOST_HAS(api, function) before calling; <cfamc/distributed.hpp> does, and acts as a single
+   * process with an older host. They concern the whole process, so they take no context. */
+
+  /* This process's rank (0..world_size-1) and the number of processes of the run (1 when it is not
+   * data-parallel). Each process trains on its share of every minibatch. */
+  int32_t (*world_rank)(void);
+  int32_t (*world_size)(void);
+  /* 1 when BatchNorm layers in training mode should normalise with the statistics of the global batch (the
+   * run file's `[backbone] sync_bn` in a run of more than one process), else 0. */
+  int32_t (*sync_batch_norm)(void);
+  /* Collectives over every process of the run. Every process makes the same calls in the same order, with
+   * tensors of the same shape (dim 0 included) and dtype on the run's device. `tensor` borrowed, `out`
+   * owned. Differentiable: when grad mode is on and `tensor` requires grad, `out` carries an autograd graph
+   * whose backward sums each process's gradient of `out` over the processes, so that a loss every process
+   * computes on the gathered batch reaches each process's own rows (the host averages the weights'
+   * gradients over the processes). In a single process `out` is `tensor` itself. A collective that fails or
+   * outlasts the run's timeout (a process died or hangs): CFAMC_ERROR_RUNTIME naming it.
+   * `all_gather`: the tensors of all processes concatenated along dim 0 in rank order.
+   * `all_reduce_sum`: their elementwise sum. */
+  cfamc_error *(*all_gather)(const cfamc_tensor *tensor, cfamc_tensor **out);
+  cfamc_error *(*all_reduce_sum)(const cfamc_tensor *tensor, cfamc_tensor **out);
 } cfamc_host_api;
 
 /* Whether the host API table `api` (a const cfamc_host_api*) has the function `field`, which is appended

@@ -21,6 +21,12 @@ inline at::Tensor unit_rows(const at::Tensor& z) {
 // other views of the same image, its negatives every other row; a row's V - 1 positive terms are averaged.
 // For V = 2 this is SimCLR's loss. `detach_columns` stops the gradient through the second factor of the
 // similarity matrix z z^T, as RoCL's reference code does (an accident there, reproduced on request).
+// Data-parallel runs: the loss is that of the rows it is given. A process holds only its share of each
+// batch, so an objective passes it the global batch, `nt_xent(cfamc::all_gather_views(z, views), views, T)`
+// (<cfamc/distributed.hpp>; differentiable, the identity in one process), and every process computes the loss
+// with every row of the global batch as a negative, as one process holding the whole batch would. The shipped
+// objectives do. This header does not gather by itself because it includes no <cfamc/plugin.hpp>: the host
+// and its tests use it as the reference loss, and plugin.hpp's cfamc::host() clashes with their namespace.
 inline at::Tensor nt_xent(const at::Tensor& embeddings, int64_t views, double temperature, bool detach_columns = false) {
   const Float32Region float32;
   const at::Tensor z = widened(embeddings);
