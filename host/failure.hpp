@@ -15,6 +15,7 @@ enum class ExitCode : int {
   plugin = 3,    // plugin not found, ABI or fingerprint mismatch, error raised by a plugin
   data = 4,      // missing, truncated or malformed data
   diverged = 5,  // the training loss became NaN or infinite
+  peer = 6,      // data-parallel: another process of the job died, hung past the timeout, or was unreachable
   interrupted = 130,  // SIGINT (Ctrl-C): stopped after a step and wrote a checkpoint
   terminated = 143,   // SIGTERM: likewise
 };

@@ -19,6 +19,12 @@ std::shared_ptr<spdlog::logger> logger() {
 
 void configure_logging(const std::string& level) { logger()->set_level(spdlog::level::from_str(level)); }
 
+void set_log_prefix(const std::string& prefix) {
+  std::string escaped;
+  for (char c : prefix) escaped += c == '%' ? std::string("%%") : std::string(1, c);
+  logger()->set_pattern("[%H:%M:%S %^%l%$] " + escaped + "%v");
+}
+
 void log(LogLevel level, const std::string& message) {
   switch (level) {
     case LogLevel::debug: logger()->debug(message); break;

@@ -13,7 +13,7 @@ venv=$deps_dir/torch-$TORCH_VERSION
 
 packages=(build-essential cmake ninja-build ccache binutils python3 python3-venv
           libboost-dev libtomlplusplus-dev libspdlog-dev catch2 libcli11-dev nlohmann-json3-dev
-          libdlpack-dev zlib1g-dev dataset-fashion-mnist)
+          libdlpack-dev zlib1g-dev libgloo-dev dataset-fashion-mnist)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Every #include in host/ points down the layers (docs/architecture.md), and plugins never include host/.
 
-Layers, bottom up: the host's top-level files (failure, log, files, tensor_map); config/; data/, augment/,
+Layers, bottom up: the host's top-level files (failure, log, files, tensor_map); config/, dist/; data/, augment/,
 plugins/; train/, eval/; run/; cli/. A folder may include its own files and any lower layer's, never a
 sibling's on the same layer or one above. Prints each offending include and exits 1 if there is one."""
 import pathlib
 import re
 import sys
 
-LAYERS = {"": 0, "config": 1, "data": 2, "augment": 2, "plugins": 2, "train": 3, "eval": 3, "run": 4, "cli": 5}
+LAYERS = {"": 0, "config": 1, "dist": 1, "data": 2, "augment": 2, "plugins": 2, "train": 3, "eval": 3, "run": 4, "cli": 5}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
 

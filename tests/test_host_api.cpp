@@ -90,6 +90,9 @@ at::Tensor shifted_by_plugin(Attack& attack, const at::Tensor& x) {
 TEST_CASE("the host API is ABI 1.4 and its table reaches the appended functions", "[abi][dlpack]") {
   CHECK(api().abi_major == 1);
   CHECK(api().abi_minor == 4);
+  CHECK(CFAMC_HOST_HAS(&api(), all_reduce_sum));
+  CHECK(api().world_size() == 1);  // no data-parallel job in a test process
+  CHECK(api().world_rank() == 0);
   CHECK(CFAMC_HOST_HAS(&api(), tensor_zeros));
   CHECK(CFAMC_HOST_HAS(&api(), tensor_copy));
   CHECK(CFAMC_HOST_HAS(&api(), stage_channels));

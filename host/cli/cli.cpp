@@ -15,7 +15,9 @@
 #include "log.hpp"
 #include "plugins/components.hpp"
 #include "plugins/registry.hpp"
+#include "dist/launch.hpp"
 #include "run/assembly.hpp"
+#include "run/data_parallel.hpp"
 #include "run/evaluate_checkpoint.hpp"
 #include "run/model_export.hpp"
 #include "run/model_file.hpp"
@@ -75,22 +77,32 @@ int validate(const Options& options) {
 }
 
 int run(const Options& options) {
+  const std::optional<Launch> launch = launch_from_environment();
   ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
-  const Compute compute = resolve_compute(r.config);
+  const Compute compute = resolve_compute(r.config, launch ? launch->local_rank : 0);
   configure_device(compute);
-  const RunDirectory dir(r.config.dir);
+  World* world = join_job(r.config, launch, compute);
+  // Rank 0 writes the run directory; every other process keeps what it makes in a scratch one.
+  std::optional<ScratchDirectory> scratch;
+  if (world && world->rank() > 0) scratch.emplace(world->rank());
+  const RunDirectory dir(scratch ? scratch->path() : std::filesystem::path(r.config.dir));
   const toml::table resolved = r.config.resolved();
   if (options.resume) check_resume_changes(dir.resolved().string(), resolved, options.accept_changes);
   std::ostringstream text;
   text << resolved << "\n";
   write_file_atomically(dir.resolved(), text.str());
-  log(LogLevel::info, "run directory: " + dir.path().string());
+  log(LogLevel::info, "run directory: " + (scratch ? r.config.dir + " (written by rank 0)" : dir.path().string()));
   watch_for_interruption();
-  run_training(r.config, r.registry, RunRequest{compute, dir, options.resume, options.until_step, options.fresh});
+  run_training(r.config, r.registry, RunRequest{compute, dir, options.resume, options.until_step, options.fresh, world});
+  if (world) world->close();
   return 0;
 }
 
 int evaluate(const Options& options) {
+  if (const auto launch = launch_from_environment(); launch && launch->world > 1) {
+    fail(ExitCode::usage, "--evaluate-only runs in one process (the evaluators share their work across the processes of a "
+                          "training job only); launch it without torchrun, or unset WORLD_SIZE");
+  }
   ResolvedRun r = resolve_run(options.config, options.overrides, options.removals);
   const Compute compute = resolve_compute(r.config);
   configure_device(compute);
@@ -172,6 +184,17 @@ void add_checkpoint_and_info_options(CLI::App& app, Options& options) {
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
 }
 
+// The one error line and the exit code. A lost peer surfaces in whatever called the collective (a
+// plugin's loss, the optimiser step): then the job's failure is what the process reports.
+int report(ExitCode code, const std::string& message) {
+  if (World::get() && World::get()->broken()) {
+    std::cerr << "error: " << World::get()->failure() << "\n";
+    return static_cast<int>(ExitCode::peer);
+  }
+  std::cerr << "error: " << message << "\n";
+  return static_cast<int>(code);
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -192,18 +215,15 @@ int run_cli(int argc, char** argv) {
   try {
     return dispatch(options);
   } catch (const Failure& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return static_cast<int>(e.code());
+    return report(e.code(), e.what());
   } catch (const c10::Error& e) {
     const std::string message = e.what_without_backtrace();
-    std::cerr << "error: " << message.substr(0, message.find('\n')) << "\n";
-    return static_cast<int>(ExitCode::other);
+    return report(ExitCode::other, message.substr(0, message.find('\n')));
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory: a host allocation failed (smaller batch_size, views or subsets need less)\n";
     return static_cast<int>(ExitCode::other);
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return static_cast<int>(ExitCode::other);
+    return report(ExitCode::other, e.what());
   }
 }
 

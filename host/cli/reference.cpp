@@ -118,6 +118,9 @@ std::string config_reference(const Registry& registry) {
   options_markdown(out, view_recipe_schema());
   out << "## [train]\n\n";
   options_markdown(out, train_schema());
+  out << "## [backbone] (host keys)\n\n"
+      << "Besides `plugin` and the plugin's options, the backbone's table takes:\n\n";
+  options_markdown(out, backbone_host_schema());
   out << "## [attack] (host keys)\n\n"
       << "Besides `plugin` and the plugin's options, the training attack's table takes:\n\n";
   options_markdown(out, training_attack_schema());

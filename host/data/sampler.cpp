@@ -9,11 +9,15 @@ namespace cfamc::host {
 
 EpochSampler::EpochSampler(int64_t dataset_size, int64_t batch_size, uint64_t seed, int64_t rank, int64_t world)
     : size_(dataset_size), batch_size_(batch_size), rank_(rank), world_(world), seed_(seed) {
-  if (batch_size < 1 || dataset_size < batch_size * world) {
-    fail(ExitCode::usage, "train.batch_size: " + std::to_string(batch_size) + " x " + std::to_string(world) +
-                              " ranks is more than the " + std::to_string(dataset_size) + " training images");
+  if (batch_size < 1 || dataset_size < batch_size) {
+    fail(ExitCode::usage, "train.batch_size: " + std::to_string(batch_size) + " is more than the " +
+                              std::to_string(dataset_size) + " training images");
   }
-  steps_per_epoch_ = dataset_size / (batch_size * world);
+  if (batch_size % world != 0) {
+    fail(ExitCode::usage, "train.batch_size: " + std::to_string(batch_size) + " images cannot be shared equally by " +
+                              std::to_string(world) + " processes (the global batch must be a multiple of WORLD_SIZE)");
+  }
+  steps_per_epoch_ = dataset_size / batch_size;
 }
 
 at::Tensor EpochSampler::batch(int64_t epoch, int64_t step) {
@@ -22,8 +26,8 @@ at::Tensor EpochSampler::batch(int64_t epoch, int64_t step) {
     permutation_ = at::randperm(size_, generator, at::TensorOptions().dtype(at::kLong));
     cached_epoch_ = epoch;
   }
-  const int64_t start = (step * world_ + rank_) * batch_size_;
-  return permutation_.slice(0, start, start + batch_size_);
+  const int64_t start = step * batch_size_ + share_begin();
+  return permutation_.slice(0, start, start + share_size());
 }
 
 }  // namespace cfamc::host

@@ -1,5 +1,7 @@
 // Which samples make each minibatch: a seeded permutation per epoch. The batch at (epoch, step) is a pure
-// function of the seed, so a resumed run draws exactly the batches it would have drawn.
+// function of the seed, so a resumed run draws exactly the batches it would have drawn, and a data-parallel
+// run draws the same global batches as a single process: process `rank` of `world` takes the rank-th of
+// `world` equal slices of each.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,11 +12,15 @@ namespace cfamc::host {
 
 class EpochSampler {
  public:
-  // Incomplete last batches are dropped. `rank` of `world` takes every world-th batch of the epoch.
+  // `batch_size`: the global batch, which `world` must divide (Failure(usage) otherwise). Incomplete last
+  // batches are dropped.
   EpochSampler(int64_t dataset_size, int64_t batch_size, uint64_t seed, int64_t rank = 0, int64_t world = 1);
 
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
-  // int64 [batch_size] sample indices on the CPU.
+  // This process's rows of every global batch: [share_begin, share_begin + share_size).
+  int64_t share_begin() const { return rank_ * share_size(); }
+  int64_t share_size() const { return batch_size_ / world_; }
+  // int64 [batch_size / world] sample indices on the CPU: this process's share of the global batch.
   at::Tensor batch(int64_t epoch, int64_t step);
 
  private:

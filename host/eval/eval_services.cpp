@@ -4,6 +4,7 @@
 #include <string>
 #include <sstream>
 
+#include "dist/world.hpp"
 #include "failure.hpp"
 #include "plugins/tensor_handle.hpp"
 
@@ -199,6 +200,8 @@ void EvalServices::save_classifier(const std::string& name, const TensorMap& hea
     fail(ExitCode::plugin, "save_classifier: the head must be \"weight\" [C, " + std::to_string(backbone->feature_dim()) +
                                "] and \"bias\" [C] on the backbone feature");
   }
+  // Every process of a data-parallel job holds the same classifier; rank 0 writes the run directory.
+  if (World::get() && World::get()->rank() != 0) return;
   classifier_saver_(artifact_dir_ / name, *backbone, head);
 }
 

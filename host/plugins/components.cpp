@@ -58,6 +58,8 @@ Component::Component(std::shared_ptr<const PluginLibrary> library, const Compone
   if (self_ == nullptr) fail(ExitCode::plugin, who_ + ": create returned no object");
 }
 
+uint32_t Component::abi_minor() const { return library_->abi_minor(); }
+
 Component::~Component() {
   if (self_ != nullptr) table<cfamc_component_vtable>().destroy(self_);
 }

@@ -61,6 +61,7 @@ class Component {
 
   const ComponentInfo& info() const { return info_; }
   const std::string& who() const { return who_; }  // "plugin 'pgd' (attack)"
+  uint32_t abi_minor() const;                       // of the ABI its library was built against
   // The component's tensors of one role (parameters, buffers, state) by name; they alias its own.
   TensorMap tensors(cfamc_tensor_role role) const;
   std::vector<at::Tensor> parameters() const;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "dist/world.hpp"
 #include "failure.hpp"
 #include "log.hpp"
 #include "plugins/context.hpp"
@@ -252,6 +253,29 @@ cfamc_error* tensor_copy(const cfamc_tensor* t, const char* device, cfamc_dtype 
   });
 }
 
+// ---- ABI 1.4: data parallel (dist/world.hpp) ---------------------------------------------------------
+
+int32_t world_rank() { return World::get() ? World::get()->rank() : 0; }
+int32_t world_size() { return World::get() ? World::get()->size() : 1; }
+int32_t sync_batch_norm() { return World::get() && World::get()->sync_batch_norm ? 1 : 0; }
+
+template <class Collective>
+cfamc_error* collective(const char* fn, const cfamc_tensor* tensor, cfamc_tensor** out, Collective body) {
+  if (tensor == nullptr || out == nullptr) return invalid(fn, "NULL argument");
+  return guarded([&] { *out = make_handle(body(tensor->tensor)); });
+}
+
+cfamc_error* all_gather(const cfamc_tensor* tensor, cfamc_tensor** out) {
+  if (tensor != nullptr && tensor->tensor.dim() == 0) {
+    return invalid("all_gather", "a 0-dimensional tensor (there is no dim 0 to concatenate along)");
+  }
+  return collective("all_gather", tensor, out, all_gather_differentiable);
+}
+
+cfamc_error* all_reduce_sum(const cfamc_tensor* tensor, cfamc_tensor** out) {
+  return collective("all_reduce_sum", tensor, out, all_reduce_sum_differentiable);
+}
+
 }  // namespace
 
 cfamc_error* make_error(cfamc_error_code code, std::string message) {
@@ -293,7 +317,9 @@ const cfamc_host_api* host_api() {
       // ABI 1.1
       tensor_zeros,           tensor_copy,
       // ABI 1.3
-      num_stages,             num_stage_copies, stage_channels};
+      num_stages,             num_stage_copies, stage_channels,
+      // ABI 1.4
+      world_rank,             world_size,       sync_batch_norm,  all_gather,       all_reduce_sum};
   return &api;
 }
 

@@ -2,17 +2,26 @@
 
 #include <algorithm>
 
+#include "dist/world.hpp"
 #include "failure.hpp"
 
 namespace cfamc::host {
 namespace {
 
+// In a data-parallel job an attack draws for its own process's share of the images: its seed mixes in the
+// rank, so that the shares' random starts differ (its state is checkpointed per process). Everything else is
+// seeded alike everywhere (the weights are rank 0's anyway).
+uint64_t seed_of(const ComponentConfig& c, const RunConfig& config) {
+  const World* world = World::get();
+  if (world == nullptr || kind_of(c.role) != CFAMC_KIND_ATTACK) return component_seed(config.seed, c.label);
+  return component_seed(config.seed, c.label + "@rank" + std::to_string(world->rank()));
+}
+
 template <class K>
 std::unique_ptr<K> make(const ComponentConfig& c, const RunConfig& config, const Registry& registry,
                         const std::string& device, int64_t feature_dim, StageLayout stages = {}) {
   return instantiate<K>(registry, *c.info,
-                        ComponentSetup{c.label, c.options, component_seed(config.seed, c.label), device, feature_dim,
-                                       std::move(stages)});
+                        ComponentSetup{c.label, c.options, seed_of(c, config), device, feature_dim, std::move(stages)});
 }
 
 bool in_pass(const ComponentConfig& evaluator, EvaluationPass pass) {

@@ -12,6 +12,7 @@ namespace {
 // Keys of component tables that the host reads itself; the rest belong to the plugin.
 const std::vector<std::string> kEvaluatorKeys = {"id", "control", "attacks", "bn_branch"};
 const std::vector<std::string> kTrainingAttackKeys = {"bn_mode", "from_epoch", "accumulate_weight_grads"};
+const std::vector<std::string> kBackboneKeys = {"sync_bn"};
 
 // The `plugin = "..."` of a component table.
 const toml::node& plugin_node(const toml::table& table, const std::string& label, const RunFile& run_file) {
@@ -152,18 +153,23 @@ void warn_dropped(const ComponentConfig& c, const std::vector<std::string>& drop
   log(LogLevel::warn, c.label + ": plugin set to '" + c.plugin + "' by --set; dropping keys it does not declare: " + names);
 }
 
+// The host's keys of a component table, resolved into `c.host_options` and kept from the plugin.
+void take_host_keys(ComponentConfig& c, const toml::table& table, const std::vector<std::string>& keys,
+                    const Schema& schema, const RunFile& run_file, std::vector<std::string>& reserved) {
+  toml::table host_keys;
+  for (const auto& key : keys)
+    if (const toml::node* value = table.get(key)) host_keys.insert(key, *value);
+  c.host_options = resolve_options(host_keys, schema, c.label, run_file.file);
+  reserved.insert(reserved.end(), keys.begin(), keys.end());
+}
+
 void resolve_component(ComponentConfig& c, const toml::table& table, const RunConfig& config, const RunFile& run_file,
                        const Registry& registry) {
   c.info = &registry.find(kind_of(c.role), c.plugin);
   std::vector<std::string> reserved = {"plugin"};
   if (c.role == Role::evaluator) reserved.insert(reserved.end(), kEvaluatorKeys.begin(), kEvaluatorKeys.end());
-  if (c.role == Role::training_attack) {
-    toml::table host_keys;
-    for (const auto& key : kTrainingAttackKeys)
-      if (const toml::node* value = table.get(key)) host_keys.insert(key, *value);
-    c.host_options = resolve_options(host_keys, training_attack_schema(), c.label, run_file.file);
-    reserved.insert(reserved.end(), kTrainingAttackKeys.begin(), kTrainingAttackKeys.end());
-  }
+  if (c.role == Role::training_attack) take_host_keys(c, table, kTrainingAttackKeys, training_attack_schema(), run_file, reserved);
+  if (c.role == Role::backbone) take_host_keys(c, table, kBackboneKeys, backbone_host_schema(), run_file, reserved);
   const std::vector<std::string> dropped = foreign_keys(c, table, registry, reserved);
   warn_dropped(c, dropped);
   c.options = resolve_options(without(table, dropped), c.info->options, c.label, run_file.file, reserved);

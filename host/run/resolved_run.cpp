@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <c10/core/Device.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include "config/run_file.hpp"
@@ -21,8 +22,9 @@ ResolvedRun resolve_run(const std::filesystem::path& path, const std::vector<std
 
 namespace {
 
-std::string resolve_device(const std::string& requested, const std::string& file) {
-  if (requested == "auto") return at::hasCUDA() ? "cuda:0" : "cpu";
+std::string resolve_device(const std::string& requested, const std::string& file, int local_rank) {
+  const std::string local_gpu = "cuda:" + std::to_string(local_rank);
+  if (requested == "auto") return at::hasCUDA() ? local_gpu : "cpu";
   c10::Device device(c10::kCPU);
   try {
     device = c10::Device(requested);
@@ -32,17 +34,21 @@ std::string resolve_device(const std::string& requested, const std::string& file
   if (device.is_cuda() && !at::hasCUDA()) {
     fail(ExitCode::usage, file + ": run.device = \"" + requested + "\" but this machine has no CUDA device");
   }
-  return device.str();
+  return device.is_cuda() && !device.has_index() ? local_gpu : device.str();
 }
 
 }  // namespace
 
 void configure_device(const Compute& compute) {
-  if (c10::Device(compute.device).is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+  const c10::Device device(compute.device);
+  if (!device.is_cuda()) return;
+  at::globalContext().setBenchmarkCuDNN(true);
+  // NCCL and every kernel launch without a guard use the current device: the process's own GPU.
+  c10::impl::getDeviceGuardImpl(c10::kCUDA)->setDevice(device);
 }
 
-Compute resolve_compute(const RunConfig& config) {
-  const std::string device = resolve_device(config.device, config.file);
+Compute resolve_compute(const RunConfig& config, int local_rank) {
+  const std::string device = resolve_device(config.device, config.file, local_rank);
   return {device, resolve_precision(config.precision, device, config.file)};
 }
 

@@ -26,7 +26,8 @@ ResolvedRun resolve_run(const std::filesystem::path& path, const std::vector<std
 // [run] device and precision made concrete: device "auto" -> the GPU when there is one (an explicit CUDA
 // device that is not there is the user's error), precision as resolve_precision decides for that device.
 // Failure(usage) naming the run file.
-Compute resolve_compute(const RunConfig& config);
+// `local_rank`: a data-parallel process's GPU on its machine (LOCAL_RANK), which "auto" and "cuda" mean.
+Compute resolve_compute(const RunConfig& config, int local_rank = 0);
 
 // Process-wide settings for computing on `compute`'s device: on CUDA, cuDNN benchmark mode (a step's shapes
 // are fixed, so the fastest algorithm found once serves every step).

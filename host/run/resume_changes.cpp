@@ -15,7 +15,7 @@ namespace {
 // reports, and what it evaluates, not what it trains. An [attacks.<id>] the attack schedule trains with
 // is training. [init] only starts a fresh run: a resume takes everything from its checkpoint.
 bool free_to_change(const std::string& key, const std::set<std::string>& scheduled) {
-  for (const char* prefix : {"run.dir", "run.device", "run.tensorboard", "plugins.", "evaluate.", "train.log_every",
+  for (const char* prefix : {"run.dir", "run.device", "run.tensorboard", "run.backend", "run.timeout_s", "plugins.", "evaluate.", "train.log_every",
                              "train.checkpoint_every", "train.keep_checkpoints", "init.", "attack_sequences."}) {
     if (key.rfind(prefix, 0) == 0) return true;
   }

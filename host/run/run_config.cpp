@@ -28,6 +28,12 @@ void read_run_and_plugins(RunConfig& config, const RunFile& run_file) {
   config.device = resolved_value<std::string>(run, "device");
   config.precision = resolved_value<std::string>(run, "precision");
   config.tensorboard = resolved_value<bool>(run, "tensorboard");
+  config.backend = resolved_value<std::string>(run, "backend");
+  config.timeout_s = resolved_value<double>(run, "timeout_s");
+  if (config.backend != "auto" && config.backend != "gloo" && config.backend != "nccl") {
+    fail(ExitCode::usage, run_file.file + ": run.backend: \"auto\", \"nccl\" or \"gloo\", not '" + config.backend + "'");
+  }
+  if (!(config.timeout_s > 0)) fail(ExitCode::usage, run_file.file + ": run.timeout_s: a positive number of seconds");
   const toml::table& given = section_table(run_file, "plugins");
   resolve_options(given, plugins_section_schema(), "plugins", run_file.file);  // checks the types
   // The entries as written, not as resolved: resolving copies nodes and drops where they came from.
@@ -157,6 +163,12 @@ Schema run_section_schema() {
        "computes it natively (CUDA compute capability 8.0+, a CPU with AVX512-BF16 or AMX), fp32 elsewhere"},
       {"tensorboard", CFAMC_OPTION_BOOL, "true",
        "also write every metrics.jsonl scalar and the final evaluation as TensorBoard event files in <dir>/tensorboard/"},
+      {"backend", CFAMC_OPTION_STRING, "\"auto\"",
+       "data-parallel runs (launched with WORLD_SIZE > 1, e.g. by torchrun): the c10d process group, \"nccl\", "
+       "\"gloo\", or \"auto\": NCCL on CUDA, Gloo on the CPU"},
+      {"timeout_s", CFAMC_OPTION_FLOAT, "300",
+       "data-parallel runs: how long a process waits for the others (to meet, or in one exchange) before the job "
+       "stops with exit code 6; also bounds how long a hung process goes unnoticed"},
   };
 }
 
@@ -224,6 +236,11 @@ TrainingAttackConfig RunConfig::training_attack() const {
   return training_attack_config_from(c->host_options, file);
 }
 
+bool RunConfig::sync_batch_norm() const {
+  const ComponentConfig* c = find(Role::backbone);
+  return c != nullptr && resolved_value<bool>(c->host_options, "sync_bn");
+}
+
 const ViewRecipe* RunConfig::view(const std::string& name) const {
   for (const auto& v : views)
     if (v.name == name) return &v;
@@ -239,7 +256,7 @@ const ComponentConfig* RunConfig::find(Role role) const {
 toml::table RunConfig::resolved() const {
   toml::table out;
   out.insert("run", toml::table{{"dir", dir}, {"seed", seed}, {"device", device}, {"precision", precision},
-                                 {"tensorboard", tensorboard}});
+                                 {"tensorboard", tensorboard}, {"backend", backend}, {"timeout_s", timeout_s}});
   toml::array paths;
   for (const auto& p : plugin_paths) paths.push_back(p);
   out.insert("plugins", toml::table{{"paths", paths}});

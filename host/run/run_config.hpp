@@ -79,6 +79,8 @@ struct RunConfig {
   std::string device;     // as written: "auto", "cpu", "cuda", "cuda:1"
   std::string precision;  // as written: "auto", "bf16", "fp32"
   bool tensorboard = true;
+  std::string backend;  // as written: "auto", "nccl", "gloo"
+  double timeout_s = 0;
   std::vector<std::string> plugin_paths;
   DataConfig data;
   TrainConfig train;
@@ -94,6 +96,8 @@ struct RunConfig {
   const ComponentConfig* named_attack(const std::string& id) const;
   const AttackSequence* attack_sequence(const std::string& id) const;
   TrainingAttackConfig training_attack() const;
+  // `[backbone] sync_bn`: BatchNorm statistics over the global batch in a data-parallel run.
+  bool sync_batch_norm() const;
   const ViewRecipe* view(const std::string& name) const;
   // The whole run file as resolved: every default written out.
   toml::table resolved() const;

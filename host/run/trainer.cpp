@@ -17,6 +17,7 @@
 #include "failure.hpp"
 #include "log.hpp"
 #include "run/assembly.hpp"
+#include "run/data_parallel.hpp"
 #include "run/evaluation.hpp"
 #include "run/event_file.hpp"
 #include "run/run_config.hpp"
@@ -58,6 +59,22 @@ json schedule_json(const RunConfig& config) {
   return entries;
 }
 
+// `[backbone] sync_bn` for the scope of the training loop only (dist/world.hpp says why).
+class SyncBatchNormWhileTraining {
+ public:
+  SyncBatchNormWhileTraining(World* world, bool on) : world_(world) {
+    if (world_) world_->sync_batch_norm = on;
+  }
+  ~SyncBatchNormWhileTraining() {
+    if (world_) world_->sync_batch_norm = false;
+  }
+  SyncBatchNormWhileTraining(const SyncBatchNormWhileTraining&) = delete;
+  SyncBatchNormWhileTraining& operator=(const SyncBatchNormWhileTraining&) = delete;
+
+ private:
+  World* world_;
+};
+
 // One run, top to bottom: start (fresh with the controls, or resumed), train, evaluate, summarise.
 class TrainingRun {
  public:
@@ -69,8 +86,12 @@ class TrainingRun {
  private:
   bool resume();
   void start_fresh();
+  std::unique_ptr<GradientAverager> make_averager() const;
   const Attack* attack_at(int64_t epoch) const;
   LossResult step(const Attack* attack);
+  // interruption(), the same on every process: a signal that reached one process stops them all after the
+  // same step (a data-parallel job's processes would otherwise wait for each other in different exchanges).
+  int agreed_interruption() const { return world_ ? world_->agreed_max(interruption()) : interruption(); }
   // Failure(interrupted / terminated) when `signal` (interruption()'s value) is not 0.
   void stop_if_interrupted(int signal);
   [[noreturn]] void diverged(const std::string& what_became, int64_t step);
@@ -83,6 +104,8 @@ class TrainingRun {
   const RunConfig& config_;
   const Registry& registry_;
   const RunRequest& request_;
+  World* const world_;
+  const bool lead_;  // rank 0, or the only process: writes the run directory
   const Clock::time_point wall_start_ = Clock::now();
   const TrainingAttackConfig attack_config_;
   EvaluationData data_;
@@ -91,10 +114,12 @@ class TrainingRun {
   int64_t views_per_image_ = 0;
   TrainConfig train_;
   EpochSampler sampler_;
+  BatchShare share_;
   int64_t steps_per_epoch_, total_, updates_total_;
   Optimizer optimizer_;
   at::Generator augment_;
   RunState state_;
+  std::unique_ptr<GradientAverager> averager_;
   TrainStep step_runner_;
   int64_t step_ = 0, first_step_ = 0;
   json controls_ = json::object();
@@ -110,19 +135,25 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
     : config_(config),
       registry_(registry),
       request_(request),
+      world_(request.world),
+      lead_(world_ == nullptr || world_->rank() == 0),
       attack_config_(config.training_attack()),
       data_(load_evaluation_data(config.data, request.compute.device)),
       assembly_(assemble(config, registry, request.compute.device)),
       groups_(view_groups_of(config, *assembly_.objective)),
       train_(config.train),
-      sampler_(data_.pretrain.images.size(0), train_.batch_size, component_seed(config.seed, "sampler")),
+      sampler_(data_.pretrain.images.size(0), train_.batch_size, component_seed(config.seed, "sampler"),
+               world_ ? world_->rank() : 0, world_ ? world_->size() : 1),
+      share_{sampler_.share_begin(), sampler_.share_begin() + sampler_.share_size(), train_.batch_size},
       steps_per_epoch_(sampler_.steps_per_epoch()),
       total_(total_steps(train_, steps_per_epoch_)),
       optimizer_(train_.optimizer, assembly_.trainable()),
       augment_(at::detail::createCPUGenerator(component_seed(config.seed, "augmentation"))),
       state_(config, assembly_, optimizer_, augment_),
+      averager_(make_averager()),
       step_runner_(*assembly_.backbone, *assembly_.objective, optimizer_, attack_config_, request.compute.precision,
-                   c10::Device(request.compute.device).type(), [this](int64_t update) { return schedule_lr(update); }) {
+                   c10::Device(request.compute.device).type(), [this](int64_t update) { return schedule_lr(update); },
+                   averager_.get()) {
   for (const ViewRecipe* recipe : groups_) views_per_image_ += recipe->count;
   set_steps_per_epoch(train_, steps_per_epoch_);
   // With m replays every minibatch makes m updates; the schedule spans them all, unless the reference's
@@ -131,19 +162,32 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
   updates_total_ = train_.free_schedule_undivided ? total_ : total_ * replays;
 }
 
+// Free training's attack may add its own steps' weight gradients to the update: then the gradients are
+// averaged once finished, not as the backward pass makes them.
+std::unique_ptr<GradientAverager> TrainingRun::make_averager() const {
+  if (world_ == nullptr) return nullptr;
+  std::vector<at::Tensor> weights;
+  for (const auto& item : assembly_.trainable()) weights.push_back(item.value());
+  return std::make_unique<GradientAverager>(*world_, weights, !attack_config_.accumulate_weight_grads);
+}
+
 double TrainingRun::schedule_lr(int64_t update) const {
   return learning_rate(train_.schedule, train_.lr, update, updates_total_);
 }
 
 void TrainingRun::start() {
-  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), train_.batch_size, request_.compute);
-  if (request_.resume && resume()) return;
-  start_fresh();
+  if (world_) warn_single_process_plugins(*world_, assembly_);
+  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), share_.end - share_.begin, request_.compute);
+  if (!(request_.resume && resume())) start_fresh();
+  // The same weights everywhere, whatever each process read or drew.
+  if (world_) broadcast_weights(*world_, assembly_);
 }
 
 // The newest checkpoint that verifies, restored; false when there is none at all.
 bool TrainingRun::resume() {
-  if (const auto newest = newest_usable_checkpoint(request_.dir.checkpoints())) {
+  if (world_) share_newest_checkpoint(*world_, request_.dir);
+  if (auto newest = newest_usable_checkpoint(request_.dir.checkpoints())) {
+    take_rank_local_state(world_, config_, assembly_, newest->tensors, newest->file);
     step_ = first_step_ = state_.restore(newest->tensors, newest->file);
     last_checkpoint_ = newest->file;
     log(LogLevel::info, "resumed from " + newest->file.string() + " at step " + std::to_string(step_));
@@ -184,7 +228,7 @@ TensorMap TrainingRun::next_inputs() {
       cfamc::on_device_of(data_.pretrain.images, sampler_.batch(step_ / steps_per_epoch_, step_ % steps_per_epoch_));
   const at::Tensor images = data_.pretrain.images.index_select(0, indices);
   TensorMap views;
-  for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_));
+  for (const ViewRecipe* recipe : groups_) views.insert(recipe->name, make_views(*recipe, images, augment_, share_));
   return assembly_.objective->prepare(views, indices);
 }
 
@@ -196,8 +240,10 @@ std::string TrainingRun::describe() const {
              (attack_config_.from_epoch > 0 ? " from epoch " + std::to_string(attack_config_.from_epoch) : "") +
              (replays > 1 ? ", " + std::to_string(replays) + " replays per minibatch" : "");
   }
+  const std::string processes =
+      world_ ? " (" + std::to_string(share_.end - share_.begin) + " in each of " + std::to_string(world_->size()) + " processes)" : "";
   return "training " + std::to_string(total_) + " steps (" + std::to_string(steps_per_epoch_) + " per epoch) of " +
-         std::to_string(train_.batch_size) + " images x " + std::to_string(views_per_image_) + " views" + attack +
+         std::to_string(train_.batch_size) + " images" + processes + " x " + std::to_string(views_per_image_) + " views" + attack +
          ", " + name_of(request_.compute.precision) + " on " + request_.compute.device;
 }
 
@@ -208,8 +254,8 @@ bool TrainingRun::train() {
     return false;
   }
   log(LogLevel::info, describe());
-  progress_.emplace(step_, total_);
-  if (config_.tensorboard) {
+  progress_.emplace(step_, total_, lead_);
+  if (config_.tensorboard && lead_) {
     fs::create_directories(request_.dir.tensorboard());
     events_.emplace(request_.dir.tensorboard());
     if (step_ > 0) events_->restart(step_ + 1);
@@ -217,6 +263,7 @@ bool TrainingRun::train() {
   assembly_.backbone->set_training(true);
   assembly_.objective->set_training(true);
   if (assembly_.attack) assembly_.attack->set_training(true);
+  const SyncBatchNormWhileTraining sync_batch_norm(world_, config_.sync_batch_norm());
   train_start_ = Clock::now();
   while (step_ < total_) {
     const Attack* attack = attack_at(step_ / steps_per_epoch_);
@@ -229,7 +276,7 @@ bool TrainingRun::train() {
     ++step_;
     // One reading of the flag decides both the checkpoint and the exit: a signal arriving in between would
     // otherwise stop the run without the checkpoint it was promised.
-    const int signal = interruption();
+    const int signal = agreed_interruption();
     const bool stop_now = step_ == request_.until_step || signal != 0;
     after_step(result, stop_now);
     stop_if_interrupted(signal);
@@ -241,7 +288,7 @@ bool TrainingRun::train() {
   }
   progress_->finish();
   train_seconds_ = seconds_since(train_start_);
-  stop_if_interrupted(interruption());  // the last step always wrote a checkpoint
+  stop_if_interrupted(agreed_interruption());  // the last step always wrote a checkpoint
   return true;
 }
 
@@ -251,6 +298,7 @@ LossResult TrainingRun::step(const Attack* attack) {
   try {
     return step_runner_.run(inputs, attack);
   } catch (const Failure& e) {
+    if (world_) world_->sync_batch_norm = false;  // the check below runs on this process alone
     if (e.code() == ExitCode::plugin && step_runner_.diverged_encoder(inputs)) diverged("the encoder's weights or features became NaN, infinite or too large for float32", step_ + 1);
     throw;
   }
@@ -282,24 +330,31 @@ void TrainingRun::after_step(const LossResult& result, bool stop_now) {
     progress_->update(step_, "", false);
     return;
   }
-  if (step_runner_.diverged()) diverged("the training loss became NaN or infinite", step_);
+  if (on_any_process(world_, step_runner_.diverged())) diverged("the training loss became NaN or infinite", step_);
   if (checkpoint_now && step_runner_.diverged_weights()) diverged("the weights became NaN, infinite or too large for float32", step_);
   if (log_now) log_metrics(result);
   if (checkpoint_now) {
-    last_checkpoint_ = save_checkpoint(request_.dir.checkpoints(), step_, state_.gather(step_), train_.keep_checkpoints);
+    if (world_) broadcast_buffers(*world_, assembly_);  // rank 0's BatchNorm statistics, kept by every process
+    TensorMap state = state_.gather(step_);
+    add_rank_local_state(world_, config_, assembly_, state);
+    if (lead_) last_checkpoint_ = save_checkpoint(request_.dir.checkpoints(), step_, state, train_.keep_checkpoints);
   }
 }
 
 void TrainingRun::log_metrics(const LossResult& result) {
   const double images_per_s =
       static_cast<double>((step_ - first_step_) * train_.batch_size) / std::max(seconds_since(train_start_), 1e-9);
+  // The processes' mean: a loss averaged over each share is the whole batch's.
+  std::vector<at::Tensor> values{result.loss};
+  for (const auto& item : result.scalars) values.push_back(item.value());
+  const std::vector<double> means = averaged(world_, values);
   json line = {{"step", step_},
                {"epoch", static_cast<double>(step_) / static_cast<double>(steps_per_epoch_)},
                {"lr", schedule_lr(optimizer_.updates() - 1)},
-               {"loss", result.loss.item<double>()},
+               {"loss", means[0]},
                {"images_per_s", images_per_s}};
-  for (const auto& item : result.scalars) line[item.key()] = item.value().item<double>();
-  append_line(request_.dir.metrics(), line);
+  for (size_t i = 0; i < result.scalars.size(); ++i) line[result.scalars[i].key()] = means[i + 1];
+  if (lead_) append_line(request_.dir.metrics(), line);
   if (events_) {
     for (const auto& [key, value] : line.items())
       if (key != "step") events_->scalar("train/" + key, value.get<double>(), step_);
@@ -311,6 +366,7 @@ void TrainingRun::log_metrics(const LossResult& result) {
 }
 
 void TrainingRun::finish() {
+  if (world_) broadcast_buffers(*world_, assembly_);  // every process evaluates the checkpointed encoder
   json eval = run_evaluation(assembly_.evaluation, assembly_, data_, config_, request_.compute.precision, request_.dir.path());
   for (auto& [id, metrics] : controls_.items()) eval[id] = metrics;
   const StepCounts& counts = step_runner_.counts();
@@ -319,6 +375,7 @@ void TrainingRun::finish() {
   json run = {{"seed", config_.seed},
               {"device", request_.compute.device},
               {"precision", name_of(request_.compute.precision)},
+              {"processes", world_ ? world_->size() : 1},
               {"run_file", config_.file},
               {"versions", {{"cfamc", CFAMC_VERSION}, {"libtorch", CFAMC_TORCH_VERSION}, {"cuda_build", CFAMC_TORCH_CUDA_VERSION}}},
               {"wall_seconds", seconds_since(wall_start_)},
@@ -335,6 +392,7 @@ void TrainingRun::finish() {
                 {"seconds", train_seconds_},
                 {"images_per_s", images / std::max(train_seconds_, 1e-9)},
                 {"crops_per_s", crops / std::max(train_seconds_, 1e-9)}};
+  if (!lead_) return;
   const json summary = {{"run", run}, {"train", train}, {"eval", eval}};
   write_file_atomically(request_.dir.summary(), summary.dump(2) + "\n");
   if (events_) {

@@ -13,6 +13,7 @@ namespace cfamc::host {
 struct RunConfig;
 class Registry;
 class RunDirectory;
+class World;
 
 struct RunRequest {
   Compute compute;          // device and precision, resolved
@@ -20,6 +21,7 @@ struct RunRequest {
   bool resume = false;      // continue from the newest checkpoint that verifies
   int64_t until_step = 0;  // > 0: checkpoint and stop after this step, as a time-limited job would
   bool fresh = false;      // start over even though the directory holds a run (deleting its outputs only)
+  World* world = nullptr;  // the data-parallel job this process belongs to; null: a single process
 };
 
 // Failure(data) for data problems, Failure(diverged) when the loss or the weights stop being finite (the

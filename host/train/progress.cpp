@@ -17,8 +17,8 @@ std::string format_duration(double seconds) {
   return out;
 }
 
-Progress::Progress(int64_t first_step, int64_t total_steps)
-    : first_(first_step), total_(total_steps), terminal_(isatty(STDERR_FILENO) == 1),
+Progress::Progress(int64_t first_step, int64_t total_steps, bool may_draw)
+    : first_(first_step), total_(total_steps), terminal_(may_draw && isatty(STDERR_FILENO) == 1),
       start_(std::chrono::steady_clock::now()) {}
 
 void Progress::update(int64_t step, const std::string& detail, bool log_line) {

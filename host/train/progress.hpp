@@ -10,7 +10,8 @@ namespace cfamc::host {
 
 class Progress {
  public:
-  Progress(int64_t first_step, int64_t total_steps);
+  // `may_draw`: false for processes that share a terminal with the one that draws the bar (log lines only).
+  Progress(int64_t first_step, int64_t total_steps, bool may_draw = true);
   // After step `step` (1-based count of steps done); `detail` is appended ("loss 1.23").
   void update(int64_t step, const std::string& detail, bool log_line);
   void finish();

@@ -124,6 +124,14 @@ TrainConfig train_config_from(const toml::table& t) {
   return c;
 }
 
+Schema backbone_host_schema() {
+  return {
+      {"sync_bn", CFAMC_OPTION_BOOL, "false",
+       "data-parallel runs: every BatchNorm of the encoder (backbone and the objective's heads) normalises with the "
+       "statistics of the global batch, so that the run computes what one process on the whole batch would"},
+  };
+}
+
 Schema training_attack_schema() {
   return {
       {"bn_mode", CFAMC_OPTION_STRING, "\"train\"", "BatchNorm mode during attack steps: \"train\" or \"eval\""},

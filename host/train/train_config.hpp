@@ -62,6 +62,8 @@ TrainConfig train_config_from(const toml::table& resolved);
 TrainConfig train_defaults();
 
 Schema training_attack_schema();
+// The host's keys of [backbone] (besides `plugin` and the plugin's options).
+Schema backbone_host_schema();
 TrainingAttackConfig training_attack_config_from(const toml::table& resolved, const std::string& file);
 
 // The most optimiser steps (minibatches) a run, its warm-up or a milestone may span: 2^32, beyond any real

@@ -10,7 +10,7 @@ namespace cfamc::host {
 
 TrainStep::TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer,
                      TrainingAttackConfig attack_config, Precision precision, c10::DeviceType device,
-                     LearningRate learning_rate)
+                     LearningRate learning_rate, GradientAverager* averager)
     : backbone_(backbone),
       objective_(objective),
       optimizer_(optimizer),
@@ -18,6 +18,7 @@ TrainStep::TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimi
       precision_(precision),
       device_(device),
       learning_rate_(std::move(learning_rate)),
+      averager_(averager),
       attacked_(objective.attacked_inputs()) {}
 
 LossResult TrainStep::run(const TensorMap& inputs, const Attack* attack) {
@@ -39,7 +40,9 @@ std::pair<TensorMap, LossResult> TrainStep::attack_and_loss(const TensorMap& inp
 LossResult TrainStep::replay(const TensorMap& inputs, const Attack* attack) {
   optimizer_.zero_grad();
   auto [adversarial, result] = attack_and_loss(inputs, attack);
+  if (averager_) averager_->arm();
   result.loss.backward();
+  if (averager_) averager_->average();
   ++counts_.backward_passes;
   if (attack && attack->observes()) {
     // Free adversarial training: the same backward pass yields the input gradient the attack keeps.

@@ -6,6 +6,7 @@
 
 #include <functional>
 
+#include "dist/gradient_average.hpp"
 #include "plugins/components.hpp"
 #include "train/optimizer.hpp"
 #include "train/precision.hpp"
@@ -26,8 +27,10 @@ class TrainStep {
   using PhaseObserver = std::function<void(StepPhase finished)>;
 
   // `precision` on `device`: the arithmetic of the attack and the loss (the device the inputs live on).
+  // `averager`: in a data-parallel run, what averages the gradients over the processes before each update.
   TrainStep(Backbone& backbone, Objective& objective, Optimizer& optimizer, TrainingAttackConfig attack_config,
-            Precision precision, c10::DeviceType device, LearningRate learning_rate);
+            Precision precision, c10::DeviceType device, LearningRate learning_rate,
+            GradientAverager* averager = nullptr);
 
   // Trains on `inputs` (the objective's prepared minibatch) against `attack` (null: clean) and returns the
   // last replay's loss. Failure(plugin) when the objective names an attacked input it did not prepare.
@@ -62,6 +65,7 @@ class TrainStep {
   Precision precision_;
   c10::DeviceType device_;
   LearningRate learning_rate_;
+  GradientAverager* averager_;
   std::vector<std::string> attacked_;
   at::Tensor nonfinite_;  // on the loss's device, so that no step waits for it
   StepCounts counts_;
