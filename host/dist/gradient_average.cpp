@@ -10,22 +10,24 @@ GradientAverager::GradientAverager(World& world, std::vector<at::Tensor> weights
   offset_of_.resize(weights_.size());
   arrived_.assign(weights_.size(), false);
   // Backward produces the last layers' gradients first: buckets follow the weights in reverse.
-  int64_t filled = bucket_bytes;
+  int64_t filled = bucket_bytes, elements = 0;
   for (size_t i = weights_.size(); i-- > 0;) {
     const at::Tensor& w = weights_[i];
     const bool fits = !buckets_.empty() && filled + static_cast<int64_t>(w.nbytes()) <= bucket_bytes &&
-                      buckets_.back().flat.scalar_type() == w.scalar_type();
+                      weights_[buckets_.back().members.front()].scalar_type() == w.scalar_type();
     if (!fits) {
       buckets_.emplace_back();
-      buckets_.back().flat = at::empty({0}, w.options());
-      filled = 0;
+      filled = elements = 0;
     }
-    Bucket& bucket = buckets_.back();
     bucket_of_[i] = buckets_.size() - 1;
-    offset_of_[i] = bucket.flat.numel();
-    bucket.members.push_back(i);
-    bucket.flat = at::empty({bucket.flat.numel() + w.numel()}, w.options());
+    offset_of_[i] = elements;
+    buckets_.back().members.push_back(i);
+    elements += w.numel();
     filled += static_cast<int64_t>(w.nbytes());
+  }
+  for (Bucket& bucket : buckets_) {
+    const size_t last = bucket.members.back();
+    bucket.flat = at::empty({offset_of_[last] + weights_[last].numel()}, weights_[last].options());
   }
   if (!overlap) return;
   for (size_t i = 0; i < weights_.size(); ++i)

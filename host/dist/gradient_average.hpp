@@ -30,8 +30,7 @@ class GradientAverager {
  private:
   struct Bucket {
     at::Tensor flat;
-    std::vector<size_t> members;
-    std::vector<int64_t> offsets;
+    std::vector<size_t> members;  // in the order of their offsets
     size_t arrived = 0;
     World::Pending pending;
   };

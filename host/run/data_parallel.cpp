@@ -103,27 +103,27 @@ void broadcast_buffers(World& world, const Assembly& assembly) {
   broadcast_encoder_tensors(world, assembly, {CFAMC_ROLE_BUFFER});
 }
 
-void share_newest_checkpoint(World& world, const RunDirectory& dir) {
+std::optional<LoadedCheckpoint> share_checkpoint(World& world, const RunDirectory& dir,
+                                                 std::optional<LoadedCheckpoint> newest) {
   std::string bytes;
   int64_t step = -1;
-  if (world.rank() == 0) {
-    if (const auto newest = newest_usable_checkpoint(dir.checkpoints())) {
-      std::ifstream in(newest->file, std::ios::binary);
-      bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      step = checkpoint_step(newest->file.filename().string()).value_or(-1);
-    }
+  if (world.rank() == 0 && newest) {
+    std::ifstream in(newest->file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    step = checkpoint_step(newest->file.filename().string()).value_or(-1);
   }
   at::Tensor header = at::tensor({step, static_cast<int64_t>(bytes.size())}, at::kLong);
   world.broadcast({header});
   step = header[0].item<int64_t>();
-  if (step < 0) return;
+  if (step < 0) return std::nullopt;
   at::Tensor content = world.rank() == 0 ? at::from_blob(bytes.data(), {header[1].item<int64_t>()}, at::kByte).clone()
                                          : at::empty({header[1].item<int64_t>()}, at::kByte);
   world.broadcast({content});
-  if (world.rank() == 0) return;
+  if (world.rank() == 0) return newest;
+  const fs::path file = dir.checkpoints() / checkpoint_name(step);
   fs::create_directories(dir.checkpoints());
-  write_file_atomically(dir.checkpoints() / checkpoint_name(step),
-                        std::string(static_cast<const char*>(content.data_ptr()), static_cast<size_t>(content.numel())));
+  write_file_atomically(file, std::string(static_cast<const char*>(content.data_ptr()), static_cast<size_t>(content.numel())));
+  return LoadedCheckpoint{file, load_checkpoint(file)};
 }
 
 void add_rank_local_state(World* world, const RunConfig& config, const Assembly& assembly, TensorMap& state) {
@@ -178,10 +178,7 @@ std::vector<double> averaged(World* world, const std::vector<at::Tensor>& values
 }
 
 bool on_any_process(World* world, bool flag) {
-  if (world == nullptr) return flag;
-  at::Tensor count = at::scalar_tensor(flag ? 1 : 0, at::kLong).reshape({1});
-  world->all_reduce_sum(count);
-  return count.item<int64_t>() > 0;
+  return world ? world->agreed_max(flag ? 1 : 0) > 0 : flag;
 }
 
 }  // namespace cfamc::host

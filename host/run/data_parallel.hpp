@@ -9,6 +9,7 @@
 
 #include "dist/world.hpp"
 #include "run/assembly.hpp"
+#include "train/checkpoint.hpp"
 
 namespace cfamc::host {
 
@@ -45,9 +46,11 @@ void broadcast_weights(World& world, const Assembly& assembly);
 // uninterrupted one, and before the evaluation, so that every process evaluates the checkpointed encoder.
 void broadcast_buffers(World& world, const Assembly& assembly);
 
-// Rank 0's newest usable checkpoint, copied into every other process's own checkpoints folder (so that
-// a job resumes from rank 0's run directory even where the nodes share no filesystem).
-void share_newest_checkpoint(World& world, const RunDirectory& dir);
+// Rank 0's `newest` (its newest usable checkpoint, or none) on every process: the others receive the file,
+// keep it in their own checkpoints folder and load it (a job resumes from rank 0's run directory even where
+// the nodes share no filesystem). `newest` is ignored on the other ranks.
+std::optional<LoadedCheckpoint> share_checkpoint(World& world, const RunDirectory& dir,
+                                                 std::optional<LoadedCheckpoint> newest);
 
 // Into `state` (a checkpoint being made): the job's size, and on rank 0 every other process's attack
 // tensors (free training's perturbation, random streams), rank r's as "ranks/<r>/<name>".

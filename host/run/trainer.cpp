@@ -114,7 +114,7 @@ class TrainingRun {
   int64_t views_per_image_ = 0;
   TrainConfig train_;
   EpochSampler sampler_;
-  BatchShare share_;
+  std::optional<BatchShare> share_;  // this process's rows of every batch; none: all of them
   int64_t steps_per_epoch_, total_, updates_total_;
   Optimizer optimizer_;
   at::Generator augment_;
@@ -144,7 +144,10 @@ TrainingRun::TrainingRun(const RunConfig& config, const Registry& registry, cons
       train_(config.train),
       sampler_(data_.pretrain.images.size(0), train_.batch_size, component_seed(config.seed, "sampler"),
                world_ ? world_->rank() : 0, world_ ? world_->size() : 1),
-      share_{sampler_.share_begin(), sampler_.share_begin() + sampler_.share_size(), train_.batch_size},
+      share_(world_ ? std::optional<BatchShare>(BatchShare{sampler_.share_begin(),
+                                                           sampler_.share_begin() + sampler_.share_size(),
+                                                           train_.batch_size})
+                    : std::nullopt),
       steps_per_epoch_(sampler_.steps_per_epoch()),
       total_(total_steps(train_, steps_per_epoch_)),
       optimizer_(train_.optimizer, assembly_.trainable()),
@@ -177,7 +180,7 @@ double TrainingRun::schedule_lr(int64_t update) const {
 
 void TrainingRun::start() {
   if (world_) warn_single_process_plugins(*world_, assembly_);
-  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), share_.end - share_.begin, request_.compute);
+  check_step_memory(*assembly_.backbone, groups_, data_.pretrain.images.size(1), sampler_.share_size(), request_.compute);
   if (!(request_.resume && resume())) start_fresh();
   // The same weights everywhere, whatever each process read or drew.
   if (world_) broadcast_weights(*world_, assembly_);
@@ -185,8 +188,10 @@ void TrainingRun::start() {
 
 // The newest checkpoint that verifies, restored; false when there is none at all.
 bool TrainingRun::resume() {
-  if (world_) share_newest_checkpoint(*world_, request_.dir);
-  if (auto newest = newest_usable_checkpoint(request_.dir.checkpoints())) {
+  std::optional<LoadedCheckpoint> newest;
+  if (lead_) newest = newest_usable_checkpoint(request_.dir.checkpoints());
+  if (world_) newest = share_checkpoint(*world_, request_.dir, std::move(newest));
+  if (newest) {
     take_rank_local_state(world_, config_, assembly_, newest->tensors, newest->file);
     step_ = first_step_ = state_.restore(newest->tensors, newest->file);
     last_checkpoint_ = newest->file;
@@ -241,7 +246,7 @@ std::string TrainingRun::describe() const {
              (replays > 1 ? ", " + std::to_string(replays) + " replays per minibatch" : "");
   }
   const std::string processes =
-      world_ ? " (" + std::to_string(share_.end - share_.begin) + " in each of " + std::to_string(world_->size()) + " processes)" : "";
+      world_ ? " (" + std::to_string(sampler_.share_size()) + " in each of " + std::to_string(world_->size()) + " processes)" : "";
   return "training " + std::to_string(total_) + " steps (" + std::to_string(steps_per_epoch_) + " per epoch) of " +
          std::to_string(train_.batch_size) + " images" + processes + " x " + std::to_string(views_per_image_) + " views" + attack +
          ", " + name_of(request_.compute.precision) + " on " + request_.compute.device;
