@@ -342,7 +342,9 @@ void TrainingRun::after_step(const LossResult& result, bool stop_now) {
     if (world_) broadcast_buffers(*world_, assembly_);  // rank 0's BatchNorm statistics, kept by every process
     TensorMap state = state_.gather(step_);
     add_rank_local_state(world_, config_, assembly_, state);
-    if (lead_) last_checkpoint_ = save_checkpoint(request_.dir.checkpoints(), step_, state, train_.keep_checkpoints);
+    // Every process names rank 0's checkpoint in its messages: the one a resume continues from.
+    last_checkpoint_ = lead_ ? save_checkpoint(request_.dir.checkpoints(), step_, state, train_.keep_checkpoints)
+                             : fs::path(config_.dir) / "checkpoints" / checkpoint_name(step_);
   }
 }
 
